@@ -1,0 +1,1 @@
+"""gDDIM samplers for general linear diffusions, with Lightning training."""

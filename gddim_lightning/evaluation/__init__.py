@@ -1,0 +1,33 @@
+"""Offline sample-quality metrics.
+
+* 8x8 digits: FID on the features of a small shipped CNN
+  (:func:`make_digits_fid`, :class:`DigitsFeatureNet`).
+* Point clouds / flattened images: :func:`frechet_distance`,
+  :func:`sliced_wasserstein`, :func:`gaussian_moment_error`.
+* CIFAR-10: real Inception FID from a local weights file (:func:`make_inception_fid`,
+  needs the ``inception`` extra).
+
+Importing this package does not import torchvision, torch-fidelity or
+``torchmetrics.image``.
+"""
+
+from gddim_lightning.evaluation.digits_features import (
+    DIGITS_FEATURES_WEIGHTS,
+    DigitsFeatureNet,
+    load_digits_feature_net,
+    make_digits_fid,
+)
+from gddim_lightning.evaluation.inception import make_inception_fid, to_uint8_images
+from gddim_lightning.evaluation.points import frechet_distance, gaussian_moment_error, sliced_wasserstein
+
+__all__ = [
+    "DIGITS_FEATURES_WEIGHTS",
+    "DigitsFeatureNet",
+    "frechet_distance",
+    "gaussian_moment_error",
+    "load_digits_feature_net",
+    "make_digits_fid",
+    "make_inception_fid",
+    "sliced_wasserstein",
+    "to_uint8_images",
+]

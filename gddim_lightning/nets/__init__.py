@@ -1,0 +1,15 @@
+"""Network backbones mapping ``(u, t) -> eps``.
+
+``t`` is continuous time in ``[0, T]``, given as a float, a 0-dim tensor or a
+tensor of shape ``[B]``.
+
+* :class:`MLP`: residual FiLM MLP for flat data ``[B, in_dim]``.
+* :class:`UNet`: DDPM++-style UNet for images ``[B, C, H, W]``.
+* :class:`SinusoidalEmbedding`, :class:`FourierEmbedding`: time embeddings.
+"""
+
+from gddim_lightning.nets.embeddings import FourierEmbedding, SinusoidalEmbedding
+from gddim_lightning.nets.mlp import MLP
+from gddim_lightning.nets.unet import UNet
+
+__all__ = ["MLP", "FourierEmbedding", "SinusoidalEmbedding", "UNet"]

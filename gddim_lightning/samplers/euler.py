@@ -1,0 +1,109 @@
+"""Explicit baselines on the lambda-family of reverse processes:
+
+    du = [F_t u - (1 + lambda^2)/2 G G^T score] dt + lambda G dw_bar,   score = -R_t^{-T} eps.
+
+Euler-Maruyama (any ``lambda``; ``lambda = 1`` the reverse SDE, ``lambda = 0`` probability-flow
+Euler) and Heun's method on the probability flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from ..sdes.base import LinearSDE
+from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
+from .grids import TimeGrid, UniformGrid
+from .plan import drift_plan
+
+
+class EulerMaruyama(Sampler):
+    """Euler-Maruyama on the lambda reverse SDE; NFE = ``nfe`` (``nfe - 1`` steps plus denoising).
+
+    Args:
+        nfe: total evaluations.
+        lambda_: 1 is the reverse SDE of Song et al.; 0 the probability-flow ODE (Euler).
+        grid: time grid (default uniform).
+        t_min: last grid time.
+        denoise: final step (see `Sampler`).
+    """
+
+    def __init__(self, nfe: int = 1000, lambda_: float = 1.0, grid: TimeGrid | None = None,
+                 t_min: float = 1e-3, denoise: str = "euler") -> None:
+        super().__init__(t_min, denoise)
+        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
+        if not lambda_ >= 0:
+            raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
+        self.lambda_ = float(lambda_)
+        self.grid = grid if grid is not None else UniformGrid()
+
+    def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
+            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
+        lay = process.layout
+        times = self.grid(process, self.nfe - self.denoise_nfe, self.t_min)
+        plan = drift_plan(process, times, self.lambda_)
+        F, D, G = (plan.get(k, u.dtype, u.device) for k in ("F", "D", "G"))
+        y = lay.to_blocks(u)
+        n = plan.n_steps
+        for i in range(n):
+            t, h = times[i].item(), (times[i] - times[i + 1]).item()
+            e = eps(lay.from_blocks(y), t, i)
+            # Drift step backwards in time, then noise (none on the last step).
+            y = y - h * (lay.apply(F[i], y) + lay.apply(D[i], lay.to_blocks(e)))
+            if self.lambda_ > 0 and i < n - 1:
+                y = y + h**0.5 * lay.apply(G[i], lay.to_blocks(noise.randn(process.state_shape)))
+            if callback is not None:
+                callback({"step": i, "t": t, "u": lay.from_blocks(y), "eps": e})
+        return lay.from_blocks(y), times[-1].item(), {"times": times}
+
+
+class ProbabilityFlowEuler(EulerMaruyama):
+    """Euler's method on the probability-flow ODE (Euler-Maruyama with ``lambda = 0``)."""
+
+    def __init__(self, nfe: int = 1000, grid: TimeGrid | None = None, t_min: float = 1e-3,
+                 denoise: str = "euler") -> None:
+        super().__init__(nfe, 0.0, grid, t_min, denoise)
+
+
+class Heun(Sampler):
+    """Heun's method (explicit trapezoid) on the probability-flow ODE: 2 evaluations per step.
+
+    Args:
+        nfe: total evaluations; ``nfe - denoise`` must be even (2 per step).
+        grid: time grid (default quadratic).
+        t_min: last grid time.
+        denoise: final step (see `Sampler`).
+    """
+
+    def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
+                 denoise: str = "euler") -> None:
+        super().__init__(t_min, denoise)
+        self.nfe = check_int("nfe", nfe, 2 + self.denoise_nfe)
+        if (self.nfe - self.denoise_nfe) % 2:
+            raise ValueError(f"Heun uses 2 evaluations per step: nfe - {self.denoise_nfe} (denoising) must be "
+                             f"even, got nfe={nfe}")
+        self.grid = grid if grid is not None else UniformGrid()
+
+    def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
+            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
+        lay = process.layout
+        times = self.grid(process, (self.nfe - self.denoise_nfe) // 2, self.t_min)
+        plan = drift_plan(process, times, 0.0)
+        F, D = plan.get("F", u.dtype, u.device), plan.get("D", u.dtype, u.device)
+
+        def drift(y: Tensor, k: int, step: int) -> Tensor:
+            e = eps(lay.from_blocks(y), times[k].item(), step)
+            return lay.apply(F[k], y) + lay.apply(D[k], lay.to_blocks(e))
+
+        y = lay.to_blocks(u)
+        for i in range(plan.n_steps):
+            h = (times[i] - times[i + 1]).item()
+            # Euler predictor, then trapezoidal corrector.
+            d1 = drift(y, i, i)
+            y_pred = y - h * d1
+            d2 = drift(y_pred, i + 1, i)
+            y = y - 0.5 * h * (d1 + d2)
+            if callback is not None:
+                callback({"step": i, "t": times[i].item(), "u": lay.from_blocks(y)})
+        return lay.from_blocks(y), times[-1].item(), {"times": times}

@@ -1,0 +1,207 @@
+"""The coefficient engine: every per-step coefficient, computed once in float64 and cached.
+
+A `Plan` holds float64 block tensors ``[N, ..., n, b, b]`` for a (process, grid, method) and hands
+them out converted to a model's dtype/device and viewed for `BlockLayout.apply`. Plans are cached
+on the process (``process.plan_cache``), keyed by everything they depend on.
+
+Deterministic gDDIM, order ``q`` (``q`` nodes, the paper's multistep), from ``t = t_i`` to ``t' = t_{i+1}``:
+
+    u' = Psi(t', t) u + sum_j C_ij eps_{i-j},
+    C_ij = int_t^{t'} 1/2 Psi(t', tau) G G^T K_tau^{-T} l_j(tau) dtau
+
+with ``l_j`` the Lagrange basis through ``t_i, t_{i-1}, ...``. For ``K = R`` the integrand is
+``d/dtau [Psi(t', tau) R_tau] l_j(tau)``; integrating by parts leaves the smooth integrand
+``Psi(t', tau) R_tau l_j'(tau)`` and makes order 1 exactly ``R_{t'} - Psi(t', t) R_t``. The
+remaining integrals use Gauss-Legendre quadrature per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..sdes.base import LinearSDE
+
+#: bound on the elements of one quadrature chunk (memory control for many blocks)
+_CHUNK_ELEMS = 4_000_000
+
+
+class Plan:
+    """Float64 per-step coefficients plus converted copies for the model's dtype/device.
+
+    Attributes:
+        times: the grid ``[N + 1]`` (float64).
+        coeffs: name -> float64 tensor ``[N, ..., n, b, b]``.
+    """
+
+    def __init__(self, process: LinearSDE, times: Tensor, coeffs: dict[str, Tensor]) -> None:
+        self.process = process
+        self.times = times
+        self.coeffs = coeffs
+        self._converted: dict[tuple, Tensor] = {}
+
+    @property
+    def n_steps(self) -> int:
+        return self.times.numel() - 1
+
+    def get(self, name: str, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+        """Coefficient ``name`` in ``dtype`` on ``device``, viewed as ``[N, ..., b, b, *block_grid]``."""
+        key = (name, dtype, str(device))
+        if key not in self._converted:
+            self._converted[key] = self.process.layout.view(self.coeffs[name]).to(dtype=dtype, device=device)
+        return self._converted[key]
+
+
+def _key(kind: str, times: Tensor, *extra) -> tuple:
+    return (kind, tuple(times.tolist()), *extra)
+
+
+def cached_plan(process: LinearSDE, key: tuple, build) -> Plan:
+    plan = process.plan_cache.get(key)
+    if plan is None:
+        plan = build()
+        process.plan_cache[key] = plan
+    return plan
+
+
+def step_orders(n_steps: int, order: int) -> list[int]:
+    """Warm-up: step ``i`` uses ``min(i + 1, order)`` nodes (no extra evaluations)."""
+    return [min(i + 1, order) for i in range(n_steps)]
+
+
+def bmm(A: Tensor, B: Tensor) -> Tensor:
+    """Block matrix product; elementwise for 1x1 blocks (much faster than batched 1x1 matmuls)."""
+    return A * B if A.shape[-1] == 1 and B.shape[-2] == 1 else A @ B
+
+
+def binv(A: Tensor) -> Tensor:
+    """Block inverse; elementwise for 1x1 blocks."""
+    return 1.0 / A if A.shape[-1] == 1 else torch.linalg.inv(A)
+
+
+def _lagrange(x: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+    """Lagrange basis through nodes ``x [G, q]`` at ``tau [G, m]``: values and derivatives ``[G, m, q]``."""
+    q = x.shape[1]
+    diff = tau.unsqueeze(-1) - x.unsqueeze(1)  # [G, m, q]: tau - x_k
+    l = torch.ones(*tau.shape, q, dtype=tau.dtype)
+    dl = torch.zeros_like(l)
+    for j in range(q):
+        for k in range(q):
+            if k == j:
+                continue
+            den = (x[:, j] - x[:, k]).unsqueeze(-1)
+            l[..., j] *= diff[..., k] / den
+            term = 1.0 / den.expand_as(tau).clone()
+            for m in range(q):
+                if m not in (j, k):
+                    term *= diff[..., m] / (x[:, j] - x[:, m]).unsqueeze(-1)
+            dl[..., j] += term
+    return l, dl
+
+
+def _gauss_legendre(a: Tensor, b: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """Nodes and weights ``[G, m]`` on the intervals ``[a_g, b_g]``."""
+    x, w = np.polynomial.legendre.leggauss(m)
+    x = torch.from_numpy(x)
+    w = torch.from_numpy(w)
+    half = (0.5 * (b - a)).unsqueeze(-1)
+    return half * x + (0.5 * (a + b)).unsqueeze(-1), half * w
+
+
+def _step_chunks(idx: list[int], per_step: int) -> list[list[int]]:
+    size = max(1, _CHUNK_ELEMS // max(per_step, 1))
+    return [idx[k : k + size] for k in range(0, len(idx), size)]
+
+
+def multistep_coefficients(process: LinearSDE, times: Tensor, order: int, kind: str, quad: int) -> Tensor:
+    """``C_ij`` for every step as ``[N, order, n, b, b]`` (zeros beyond a warm-up step's order)."""
+    N = times.numel() - 1
+    n, b = process.n_blocks, process.block_size
+    C = torch.zeros(N, order, n, b, b, dtype=torch.float64)
+    orders = step_orders(N, order)
+    for q in sorted(set(orders)):
+        steps = [i for i in range(N) if orders[i] == q]
+        for chunk in _step_chunks(steps, quad * n * b * b * (2 + q)):
+            i = torch.tensor(chunk)
+            t, tp = times[i], times[i + 1]
+            nodes = torch.stack([times[i - j] for j in range(q)], -1)  # [G, q]
+            tau, w = _gauss_legendre(tp, t, quad)  # [G, m]
+            l, dl = _lagrange(nodes, tau)
+            psi = process.psi(tp.unsqueeze(-1).expand_as(tau), tau)  # [G, m, n, b, b]
+            if kind == "R":
+                # C_ij = R_{t'} l_j(t') - delta_j0 Psi(t', t) R_t + int_{t'}^{t} Psi(t', tau) R_tau l_j'(tau)
+                integrand = bmm(psi, process.R(tau))
+                Cq = torch.einsum("gm,gmj,gmnab->gjnab", w, dl, integrand)
+                l_end, _ = _lagrange(nodes, tp.unsqueeze(-1))
+                Cq += l_end[:, 0, :, None, None, None] * process.R(tp).unsqueeze(1)
+                Cq[:, 0] -= bmm(process.psi(tp, t), process.R(t))
+            elif kind == "L":
+                # C_ij = -int_{t'}^{t} 1/2 Psi(t', tau) G G^T L_tau^{-T} l_j(tau)
+                Linv_T = binv(process.L(tau)).transpose(-1, -2)
+                integrand = 0.5 * bmm(bmm(psi, process.GGT(tau)), Linv_T)
+                Cq = -torch.einsum("gm,gmj,gmnab->gjnab", w, l, integrand)
+            else:
+                raise ValueError(f"K must be 'R' or 'L', got {kind!r}")
+            C[i, :q] = Cq
+    return C
+
+
+def deterministic_plan(process: LinearSDE, times: Tensor, order: int, kind: str = "R", quad: int = 16) -> Plan:
+    """Plan of deterministic multistep gDDIM: ``psi [N]``, ``C [N, order]`` (and for ``K = L``, the
+    conversion ``R_to_L = L_t^T R_t^{-T}`` at every grid time, so an R-trained network can drive it)."""
+
+    def build() -> Plan:
+        t, tp = times[:-1], times[1:]
+        coeffs = {"psi": process.psi(tp, t), "C": multistep_coefficients(process, times, order, kind, quad)}
+        if kind == "L":
+            coeffs["R_to_L"] = bmm(process.L(t).transpose(-1, -2), binv(process.R(t)).transpose(-1, -2))
+        return Plan(process, times, coeffs)
+
+    return cached_plan(process, _key("deterministic", times, order, kind, quad), build)
+
+
+def psd_sqrt(P: Tensor) -> Tensor:
+    """Symmetric square root of a (numerically) PSD block tensor; negative round-off is clipped."""
+    P = 0.5 * (P + P.transpose(-1, -2))
+    w, V = torch.linalg.eigh(P)
+    return (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
+
+
+def stochastic_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
+    """Plan of stochastic gDDIM (order 1): exact Gaussian step of the frozen-eps lambda-SDE.
+
+    ``u' = Psi u + (Psi^ - Psi) R_t eps + P^{1/2} z`` with ``P = Sigma_{t'} - Psi^ Sigma_t Psi^^T``;
+    the last step adds no noise.
+    """
+
+    def build() -> Plan:
+        t, tp = times[:-1], times[1:]
+        psi = process.psi(tp, t)
+        psi_hat = process.psi_hat(tp, t, lambda_)
+        P = process.Sigma(tp) - bmm(bmm(psi_hat, process.Sigma(t)), psi_hat.transpose(-1, -2))
+        noise = psd_sqrt(P)
+        noise[-1] = 0
+        coeffs = {"psi": psi, "eps": bmm(psi_hat - psi, process.R(t)), "noise": noise, "P": P}
+        return Plan(process, times, coeffs)
+
+    return cached_plan(process, _key("stochastic", times, float(lambda_)), build)
+
+
+def drift_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
+    """Grid values for explicit solvers of the lambda-family (Euler-Maruyama, Euler, Heun):
+
+    drift(u, eps) = F u + (1 + lambda^2)/2 G G^T R^{-T} eps  (``score = -R^{-T} eps``),
+    diffusion = lambda G, all evaluated at every grid time ``[N + 1]``."""
+
+    def build() -> Plan:
+        c = 0.5 * (1 + float(lambda_) ** 2)
+        Rinv_T = binv(process.R(times)).transpose(-1, -2)
+        coeffs = {
+            "F": process.F(times),
+            "D": c * bmm(process.GGT(times), Rinv_T),
+            "G": float(lambda_) * process.G(times),
+        }
+        return Plan(process, times, coeffs)
+
+    return cached_plan(process, _key("drift", times, float(lambda_)), build)

@@ -1,0 +1,152 @@
+"""Process-specific baselines: CLD's symmetric splitting sampler (SSCS) and the ancestral sampler of
+DDPM/BDM (per-frequency Gaussian posterior)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..sdes.base import LinearSDE
+from ..sdes.cld import CLD
+from ..sdes.scalar import ScalarBlockSDE
+from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
+from .grids import QuadraticGrid, TimeGrid, UniformGrid
+from .plan import Plan, cached_plan, psd_sqrt
+
+
+class SSCS(Sampler):
+    """Symmetric Splitting CLD Sampler (Dockhorn et al., ICLR 2022, Sec. 3.3).
+
+    The reverse SDE of CLD splits into an Ornstein-Uhlenbeck part
+    ``A: dx = -M^{-1} v beta dt', dv = (x - Gamma M^{-1} v) beta dt' + sqrt(2 Gamma beta) dw``,
+    solved exactly as a Gaussian, and a score part ``S: dv = 2 Gamma beta (score_v + M^{-1} v) dt'``
+    (Euler, eps at the mid-point). One step = A(h/2), S(h), A(h/2); one evaluation per step.
+
+    Args:
+        nfe: total evaluations (``nfe - 1`` steps plus denoising).
+        grid: time grid (default quadratic, the CLD paper's "QS").
+        t_min: last grid time.
+        denoise: final step (see `Sampler`).
+    """
+
+    def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
+                 denoise: str = "euler") -> None:
+        super().__init__(t_min, denoise)
+        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
+        self.grid = grid if grid is not None else QuadraticGrid()
+
+    @staticmethod
+    def _ou(process: CLD, B: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean map ``expm(B F_A0)`` and noise factor of the A part over beta-integral ``B`` ``[N]``."""
+        FA = torch.tensor([[0.0, -process.m_inv], [1.0, -process.Gamma * process.m_inv]], dtype=torch.float64)
+        x, w = np.polynomial.legendre.leggauss(32)
+        r = 0.5 * B.unsqueeze(-1) * (torch.from_numpy(x) + 1)  # [N, 32] nodes on [0, B]
+        E = torch.linalg.matrix_exp(r[..., None, None] * FA)  # [N, 32, 2, 2]
+        Q = (0.5 * B[:, None, None, None] * torch.from_numpy(w)[None, :, None, None]
+             * (E @ process.GG0 @ E.transpose(-1, -2))).sum(1)
+        return torch.linalg.matrix_exp(B[:, None, None] * FA), psd_sqrt(Q)
+
+    def _plan(self, process: CLD, times: Tensor) -> Plan:
+        def build() -> Plan:
+            t, tp = times[:-1], times[1:]
+            mid = 0.5 * (t + tp)
+            h = t - tp
+            E1, N1 = self._ou(process, process.B(t, mid))
+            E2, N2 = self._ou(process, process.B(mid, tp))
+            k = h * 2 * process.Gamma * process.beta(mid)  # [N]
+            Sy = torch.eye(2, dtype=torch.float64).repeat(len(h), 1, 1)
+            Sy[:, 1, 1] += k * process.m_inv
+            ev = torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+            Se = -k[:, None, None] * (ev @ torch.linalg.inv(process.R(mid)[:, 0]).transpose(-1, -2))
+            N2[-1] = 0  # no noise in the very last half-step
+            c = {k_: v.unsqueeze(1) for k_, v in dict(E1=E1, N1=N1, E2=E2, N2=N2, Sy=Sy, Se=Se).items()}
+            return Plan(process, times, c)
+
+        return cached_plan(process, ("sscs", tuple(times.tolist())), build)
+
+    def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
+            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
+        if not isinstance(process, CLD):
+            raise ValueError(f"SSCS is the CLD paper's sampler and needs a CLD process, got {type(process).__name__}")
+        lay = process.layout
+        times = self.grid(process, self.nfe - self.denoise_nfe, self.t_min)
+        plan = self._plan(process, times)
+        c = {k: plan.get(k, u.dtype, u.device) for k in plan.coeffs}
+        y = lay.to_blocks(u)
+
+        def z() -> Tensor:
+            return lay.to_blocks(noise.randn(process.state_shape))
+
+        for i in range(plan.n_steps):
+            mid = 0.5 * (times[i] + times[i + 1]).item()
+            # Half step of the OU part, exact.
+            y = lay.apply(c["E1"][i], y) + lay.apply(c["N1"][i], z())
+            # Full Euler step of the score part at the mid-point.
+            e = eps(lay.from_blocks(y), mid, i)
+            y = lay.apply(c["Sy"][i], y) + lay.apply(c["Se"][i], lay.to_blocks(e))
+            # Second OU half step.
+            y = lay.apply(c["E2"][i], y)
+            if i < plan.n_steps - 1:
+                y = y + lay.apply(c["N2"][i], z())
+            if callback is not None:
+                callback({"step": i, "t": times[i + 1].item(), "u": lay.from_blocks(y), "eps": e})
+        return lay.from_blocks(y), times[-1].item(), {"times": times}
+
+
+class Ancestral(Sampler):
+    """Ancestral sampling with the per-block Gaussian posterior ``q(u_t | u_s, u_0 = u0_hat)``: DDPM on
+    VP, the BDM paper's sampler on BDM (per DCT frequency). Written independently of gDDIM; on these
+    processes it coincides with stochastic gDDIM at ``lambda = 1`` (a tested identity).
+
+    Args:
+        nfe: total evaluations (``nfe - 1`` steps plus denoising).
+        grid: time grid (default uniform, as in DDPM/BDM).
+        t_min: last grid time.
+        denoise: final step (see `Sampler`).
+    """
+
+    def __init__(self, nfe: int = 1000, grid: TimeGrid | None = None, t_min: float = 1e-3,
+                 denoise: str = "tweedie") -> None:
+        super().__init__(t_min, denoise)
+        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
+        self.grid = grid if grid is not None else UniformGrid()
+
+    def _plan(self, process: ScalarBlockSDE, times: Tensor) -> Plan:
+        def build() -> Plan:
+            s, t = times[:-1], times[1:]  # from s down to t
+            logm_s, logm_t = process.log_mean_scale(s), process.log_mean_scale(t)  # [N, n]
+            var_s, var_t = process.sigma2(s).unsqueeze(-1), process.sigma2(t).unsqueeze(-1)
+            a = torch.exp(logm_s - logm_t)  # forward scale t -> s
+            var_st = var_s - a**2 * var_t  # forward variance t -> s
+            # posterior mean = a var_t/var_s u_s + m_t var_st/var_s u0_hat, u0_hat = (u_s - sigma_s eps)/m_s
+            m_ratio = torch.exp(logm_t - logm_s)
+            cy = a * var_t / var_s + m_ratio * var_st / var_s
+            ce = -m_ratio * var_st / var_s.sqrt()
+            std = (var_st * var_t / var_s).clamp_min(0).sqrt()
+            std[-1] = 0
+            return Plan(process, times, {k: v[..., None, None] for k, v in dict(cy=cy, ce=ce, std=std).items()})
+
+        return cached_plan(process, ("ancestral", tuple(times.tolist())), build)
+
+    def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
+            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
+        if not isinstance(process, ScalarBlockSDE):
+            raise ValueError("the ancestral sampler needs a scalar-block process (VPSDE or BDM), "
+                             f"got {type(process).__name__}; use GDDIM(lambda_=1.0) for others")
+        lay = process.layout
+        times = self.grid(process, self.nfe - self.denoise_nfe, self.t_min)
+        plan = self._plan(process, times)
+        cy, ce, std = (plan.get(k, u.dtype, u.device) for k in ("cy", "ce", "std"))
+        y = lay.to_blocks(u)
+        for i in range(plan.n_steps):
+            e = eps(lay.from_blocks(y), times[i].item(), i)
+            # Posterior mean from the predicted clean signal, then posterior noise.
+            y = lay.apply(cy[i], y) + lay.apply(ce[i], lay.to_blocks(e))
+            if i < plan.n_steps - 1:
+                y = y + lay.apply(std[i], lay.to_blocks(noise.randn(process.state_shape)))
+            if callback is not None:
+                callback({"step": i, "t": times[i].item(), "u": lay.from_blocks(y), "eps": e})
+        return lay.from_blocks(y), times[-1].item(), {"times": times}

@@ -1,0 +1,262 @@
+"""The linear process abstraction: ``du = F_t u dt + G_t dw`` with block-diagonal ``F``, ``G G^T``.
+
+A subclass gives three things, as float64 block tensors (see `BlockLayout`):
+
+* `F(t)`: drift blocks, ``[*S, n, b, b]`` for times ``t`` of shape ``[*S]``;
+* `GGT(t)`: diffusion blocks ``G_t G_t^T``, same shape;
+* `Sigma0()`: the initial covariance ``[n, b, b]`` (positive definite for the numeric path).
+
+Everything a sampler needs is then derived here by accurate float64 numerics (adaptive 8th-order
+Dormand-Prince with dense output): the transition ``Psi(t, s)``, the marginal covariance
+``Sigma_t``, the gDDIM factor ``R_t`` (``dR/dt = F R + 1/2 G G^T R^{-T}``), its Cholesky
+alternative ``L_t``, and the stochastic transition ``Psi^`` of ``F + (1 + lambda^2)/2 G G^T
+Sigma^{-1}``. VP, BDM and CLD override what has a closed form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .layout import BlockLayout
+from .ode import DenseBlockODE, solve_block_ode
+
+
+def as_time(t: Any) -> Tensor:
+    """Times as a float64 CPU tensor (python floats, lists and tensors of any dtype accepted)."""
+    if isinstance(t, Tensor):
+        return t.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+class LinearSDE:
+    """Base class of linear diffusion processes ``du = F_t u dt + G_t dw`` on ``[0, T]``.
+
+    Subclasses set ``self.layout`` (a `BlockLayout`) and ``self.T``, and implement `F`, `GGT`
+    and `Sigma0`; every other method has a numeric default. A process is immutable after
+    construction; numeric solutions and sampler plans are cached on it.
+
+    Args:
+        layout: the block structure.
+        T: the terminal time.
+    """
+
+    #: relative / absolute tolerance of the float64 ODE solves
+    rtol: float = 1e-11
+    atol: float = 1e-13
+
+    def __init__(self, layout: BlockLayout, T: float = 1.0) -> None:
+        if not T > 0:
+            raise ValueError(f"T must be positive, got {T}")
+        self.layout = layout
+        self.T = float(T)
+        self._numeric: DenseBlockODE | None = None
+        self._psi_hat_cache: dict[float, tuple[float, DenseBlockODE]] = {}
+        self.plan_cache: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ shape helpers
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return self.layout.data_shape
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self.layout.state_shape
+
+    @property
+    def block_size(self) -> int:
+        return self.layout.block_size
+
+    @property
+    def n_blocks(self) -> int:
+        return self.layout.n_blocks
+
+    def check_time(self, t: Tensor, name: str = "t") -> Tensor:
+        t = as_time(t)
+        if not torch.isfinite(t).all() or (t < 0).any() or (t > self.T * (1 + 1e-12)).any():
+            raise ValueError(f"{name} must lie in [0, T={self.T}], got values in "
+                             f"[{t.min().item():.6g}, {t.max().item():.6g}]")
+        return t
+
+    # ------------------------------------------------------------------ the definition
+    def F(self, t: Tensor) -> Tensor:
+        """Drift blocks ``F_t``: ``[*S, n, b, b]`` float64."""
+        raise NotImplementedError
+
+    def GGT(self, t: Tensor) -> Tensor:
+        """Diffusion blocks ``G_t G_t^T``: ``[*S, n, b, b]`` float64."""
+        raise NotImplementedError
+
+    def Sigma0(self) -> Tensor:
+        """Initial covariance ``Sigma_0``: ``[n, b, b]`` float64."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ derived quantities
+    def psi(self, t: Tensor, s: Tensor) -> Tensor:
+        """Transition matrix ``Psi(t, s)`` (``d/dt Psi = F_t Psi``, ``Psi(s, s) = I``)."""
+        t, s = torch.broadcast_tensors(as_time(t), as_time(s))
+        Phi_t = self._solution()(t)[0]
+        Phi_s = self._solution()(s)[0]
+        return Phi_t @ torch.linalg.inv(Phi_s)
+
+    def Sigma(self, t: Tensor) -> Tensor:
+        """Marginal covariance ``Sigma_t`` given the data point (``R_t R_t^T``)."""
+        R = self.R(t)
+        S = R @ R.transpose(-1, -2)
+        return 0.5 * (S + S.transpose(-1, -2))
+
+    def R(self, t: Tensor) -> Tensor:
+        """gDDIM factor ``R_t``: ``dR/dt = F R + 1/2 G G^T R^{-T}``, ``R_0 R_0^T = Sigma_0``."""
+        return self._solution()(as_time(t))[1]
+
+    def L(self, t: Tensor) -> Tensor:
+        """Cholesky factor ``L_t`` of ``Sigma_t`` (lower triangular)."""
+        return torch.linalg.cholesky(self.Sigma(t))
+
+    def K(self, t: Tensor, kind: str = "R") -> Tensor:
+        """``R_t`` or ``L_t`` by name."""
+        if kind == "R":
+            return self.R(t)
+        if kind == "L":
+            return self.L(t)
+        raise ValueError(f"K must be 'R' (gDDIM) or 'L' (Cholesky), got {kind!r}")
+
+    def G(self, t: Tensor) -> Tensor:
+        """A square root of ``G_t G_t^T`` (symmetric PSD square root), for noise injection."""
+        w, V = torch.linalg.eigh(self.GGT(as_time(t)))
+        return (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
+
+    def psi_hat(self, t: Tensor, s: Tensor, lambda_: float) -> Tensor:
+        """Transition of ``F + (1 + lambda^2)/2 G G^T Sigma^{-1}`` from ``s`` to ``t`` (gDDIM eq. for
+        the stochastic step). ``lambda_ = 0`` gives ``R_t R_s^{-1}``."""
+        t, s = torch.broadcast_tensors(as_time(t), as_time(s))
+        lo = float(torch.minimum(t, s).min())
+        sol = self._psi_hat_solution(float(lambda_), lo)
+        return sol(t)[0] @ torch.linalg.inv(sol(s)[0])
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """A scalar log signal-to-noise ratio (for log-SNR time grids): ``log(|Psi(t,0)|^2 / Sigma_t)``
+        on the data coordinate, averaged over blocks."""
+        t = as_time(t)
+        i = self.layout.data_index
+        col = self.psi(t, torch.zeros_like(t))[..., :, i]
+        signal = (col**2).sum(-1).mean(-1)
+        noise = torch.diagonal(self.Sigma(t), dim1=-2, dim2=-1).sum(-1).mean(-1) / self.block_size
+        return torch.log(signal) - torch.log(noise)
+
+    # ------------------------------------------------------------------ data <-> state
+    def perturb(self, x0: Tensor, t: Tensor, noise: Tensor, kind: str = "R") -> Tensor:
+        """``u_t = Psi(t, 0) lift(x0) + K_t z``.
+
+        Args:
+            x0: data ``[B, *data_shape]``.
+            t: times ``[B]``.
+            noise: ``z`` in state shape ``[B, *state_shape]`` (the initial-covariance noise, e.g. CLD's
+                velocity, is part of ``K_t z``).
+            kind: ``"R"`` or ``"L"``.
+        """
+        t = self.check_time(t)
+        lay = self.layout
+        lay.check_state(noise, "noise")
+        psi = lay.view(self.psi(t, torch.zeros_like(t)).to(x0))
+        Kt = lay.view(self.K(t, kind).to(x0))
+        y = lay.apply(psi, lay.to_blocks(lay.lift(x0))) + lay.apply(Kt, lay.to_blocks(noise))
+        return lay.from_blocks(y)
+
+    def prior_sample(self, z: Tensor) -> Tensor:
+        """A draw from the prior ``N(0, Sigma_T)`` as ``R_T z`` for standard normal ``z`` (state shape)."""
+        lay = self.layout
+        lay.check_state(z, "z")
+        RT = lay.view(self.R(torch.tensor(self.T)).to(z))
+        return lay.from_blocks(lay.apply(RT, lay.to_blocks(z)))
+
+    def eps_to_score(self, eps: Tensor, t: Tensor, kind: str = "R") -> Tensor:
+        """``score = -K_t^{-T} eps`` (t of shape ``[B]`` or scalar)."""
+        Kinv_T = torch.linalg.inv(self.K(as_time(t), kind)).transpose(-1, -2)
+        return -self._apply_state(Kinv_T, eps)
+
+    def score_to_eps(self, score: Tensor, t: Tensor, kind: str = "R") -> Tensor:
+        """``eps = -K_t^T score``."""
+        return -self._apply_state(self.K(as_time(t), kind).transpose(-1, -2), score)
+
+    def eps_R_to_L(self, eps_R: Tensor, t: Tensor) -> Tensor:
+        """Convert an ``R``-parameterised eps to the ``L`` one: ``eps_L = L^T R^{-T} eps_R``."""
+        t = as_time(t)
+        M = self.L(t).transpose(-1, -2) @ torch.linalg.inv(self.R(t)).transpose(-1, -2)
+        return self._apply_state(M, eps_R)
+
+    def eps_L_to_R(self, eps_L: Tensor, t: Tensor) -> Tensor:
+        """Inverse of `eps_R_to_L`: ``eps_R = R^T L^{-T} eps_L``."""
+        t = as_time(t)
+        M = self.R(t).transpose(-1, -2) @ torch.linalg.inv(self.L(t)).transpose(-1, -2)
+        return self._apply_state(M, eps_L)
+
+    def _apply_state(self, A: Tensor, u: Tensor) -> Tensor:
+        lay = self.layout
+        lay.check_state(u)
+        return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
+
+    # ------------------------------------------------------------------ numerics
+    def _coeffs_np(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(F_t, G_t G_t^T)`` at one time as numpy ``[n, b, b]`` (override for speed)."""
+        tt = torch.tensor(t, dtype=torch.float64)
+        return self.F(tt).numpy(), self.GGT(tt).numpy()
+
+    def _R_np(self, t: float) -> np.ndarray:
+        """``R_t`` at one time as numpy ``[n, b, b]`` (override where R has a closed form)."""
+        sol = self._solution()
+        return sol._sol(t).reshape(sol.shape)[1]
+
+    def _R_rhs(self, t: float, R: np.ndarray) -> np.ndarray:
+        F, GG = self._coeffs_np(t)
+        return F @ R + 0.5 * GG @ np.linalg.inv(R).swapaxes(-1, -2)
+
+    def _solution(self) -> DenseBlockODE:
+        """Joint float64 solve of ``Phi' = F Phi`` (``Phi_0 = I``) and the R ODE on ``[0, T]``."""
+        if self._numeric is None:
+            S0 = self.Sigma0()
+            try:
+                R0 = torch.linalg.cholesky(S0)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"{type(self).__name__}: Sigma0 must be positive definite for the numeric R_t "
+                    "solve (add a small multiple of the identity, e.g. 1e-6 I, as CLD does)"
+                ) from err
+            eye = torch.eye(self.block_size, dtype=torch.float64).expand_as(S0)
+
+            def rhs(t: float, Y: np.ndarray) -> np.ndarray:
+                F, _ = self._coeffs_np(t)
+                return np.stack([F @ Y[0], self._R_rhs(t, Y[1])])
+
+            self._numeric = solve_block_ode(rhs, torch.stack([eye, R0]), 0.0, self.T, self.rtol, self.atol)
+        return self._numeric
+
+    def _psi_hat_solution(self, lambda_: float, lo: float) -> DenseBlockODE:
+        """Dense solution of ``Phi' = F^ Phi`` backwards from ``Phi_T = I`` down to ``lo``.
+
+        ``Sigma^{-1} = R^{-T} R^{-1}`` is read from the forward dense ``R`` solution (integrating the
+        R ODE backwards is unstable).
+        """
+        cached = self._psi_hat_cache.get(lambda_)
+        if cached is not None and cached[0] <= lo:
+            return cached[1]
+        lo = min(lo, cached[0]) if cached else lo
+        c = 0.5 * (1.0 + lambda_**2)
+        eye = torch.eye(self.block_size, dtype=torch.float64).expand(self.n_blocks, -1, -1)
+
+        def rhs(t: float, Y: np.ndarray) -> np.ndarray:
+            F, GG = self._coeffs_np(t)
+            Rinv = np.linalg.inv(self._R_np(t))
+            return ((F + c * GG @ Rinv.swapaxes(-1, -2) @ Rinv) @ Y[0])[None]
+
+        sol = solve_block_ode(rhs, eye.unsqueeze(0).clone(), self.T, lo, self.rtol, self.atol)
+        self._psi_hat_cache[lambda_] = (lo, sol)
+        return sol
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(data_shape={self.data_shape}, T={self.T})"
+
+    __repr__ = describe
