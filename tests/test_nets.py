@@ -11,6 +11,15 @@ from gddim_lightning.nets.embeddings import broadcast_time
 from gddim_lightning.nets.unet import _AttnBlock, group_count
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and robust to a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
@@ -227,7 +236,8 @@ def test_unet_float64():
 
 def test_unet_errors():
     net = tiny_unet(2, image_size=8)
-    with pytest.raises(ValueError, match=r"UNet\(in_channels=2\) got input with 1 channels; for CLD"):
+    msg = r"UNet\(in_channels=2\) got input with 1 channels; for CLD"
+    with pytest.raises(ValueError, match=msg):
         net(torch.randn(2, 1, 8, 8), 0.5)
     with pytest.raises(ValueError, match=r"H and W must be divisible by 2; got 7x8"):
         tiny_unet(2)(torch.randn(2, 2, 7, 8), 0.5)

@@ -212,7 +212,9 @@ class UNet(nn.Module):
         temb_dim = 4 * ch
 
         self.time_embed = build_time_embedding(embedding, ch)
-        self.time_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
+        )
 
         def has_attn(level: int) -> bool:
             if not self.attn_resolutions:
@@ -240,7 +242,8 @@ class UNet(nn.Module):
             self.down_blocks.append(blocks)
             self.down_attn.append(attns)
             if level < len(channel_mult) - 1:
-                self.downsample.append(res(cur, cur, "down") if resblock_updown else _Downsample(cur))
+                down = res(cur, cur, "down") if resblock_updown else _Downsample(cur)
+                self.downsample.append(down)
                 skip_channels.append(cur)
 
         self.mid_block1 = res(cur, cur)
