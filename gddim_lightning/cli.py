@@ -1,26 +1,227 @@
-"""``python -m gddim_lightning {fit,validate,test,predict}``: LightningCLI with shape linking."""
+"""``python -m gddim_lightning {fit,validate,test,predict}``: LightningCLI with shape linking.
+
+* ``model``: `DiffusionModule` or any subclass (``--model gddim_lightning.module.CLDModule``); the
+  process, backbone and sampler are ``class_path`` + ``init_args`` inside it. The data module's
+  ``data_shape`` is linked into ``model.init_args.data_shape``, so no config states a shape twice.
+* ``checkpoint``: a `ModelCheckpoint` that every run gets (``save_last: true``: ``last.ckpt`` plus
+  the latest ``epoch=E-step=S.ckpt``); configure it with ``--checkpoint.*``.
+* ``predict``: what the ``predict`` subcommand draws and writes (``--predict.num_samples``,
+  ``--predict.out_dir``, ...). It is accepted by every subcommand, so one config serves ``fit``
+  and ``predict``. ``predict`` samples with the model's sampler, e.g.
+  ``--model.init_args.sampler.init_args.nfe 20``, and needs ``--ckpt_path``; it never loads the
+  training data (the data shape comes from the checkpoint).
+
+Example::
+
+    python -m gddim_lightning fit --config configs/cld.yaml
+    python -m gddim_lightning predict --config configs/cld.yaml --ckpt_path CKPT \\
+        --predict.num_samples 64 --predict.out_dir samples/ --predict.format [npz,png,grid] \\
+        --model.init_args.sampler.init_args.nfe 20 --model.init_args.sampler.init_args.order 2
+"""
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
+import os
+from pathlib import Path
+from typing import Any, Union
 
-from .module import DiffusionModule
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from .data.seeds import SeedDataModule
+from .module import CLDModule, DiffusionModule  # noqa: F401  (CLDModule: resolvable by short name)
+from .writer import SampleWriter
+
+__all__ = ["GDDIMCLI", "PredictOptions", "ResumeRNGState", "VersionedSaveConfigCallback", "main"]
+
+# ckpt_path values that Lightning resolves itself instead of reading a file
+_SPECIAL_CKPT = ("last", "best", "hpc", "registry")
+
+
+class PredictOptions:
+    """Options of the ``predict`` subcommand (the ``predict:`` section of a config).
+
+    Args:
+        num_samples: samples to draw in total (over all devices); one per seed.
+        seed: first seed; sample ``k`` uses seed ``seed + k`` and depends on nothing else.
+        batch_size: seeds per predict batch and device (does not change the samples).
+        out_dir: output folder; refused if it already holds samples, unless ``overwrite``.
+        format: ``npz`` (always written), ``png`` (one file per sample), ``grid`` (one overview
+            PNG); a list such as ``[npz,png]`` or a comma-separated string.
+        overwrite: replace the outputs of an earlier run in ``out_dir``.
+        grid_size: images shown in ``grid.png``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 64,
+        seed: int = 0,
+        batch_size: int = 64,
+        out_dir: str = "samples",
+        format: Union[str, list[str]] = "npz",
+        overwrite: bool = False,
+        grid_size: int = 64,
+    ) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.out_dir = out_dir
+        self.format = format
+        self.overwrite = overwrite
+        self.grid_size = grid_size
+
+
+class VersionedSaveConfigCallback(SaveConfigCallback):
+    """`SaveConfigCallback` that never overwrites and never fails on an existing file.
+
+    With the default loggers every run has its own ``version_N`` folder and the file is
+    ``config.yaml``. Where the folder is shared (``--trainer.logger false`` or a fixed logger
+    version), the config goes to the first free name ``config_1.yaml``, ``config_2.yaml``, ...
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            base = self.__dict__.setdefault("_base_filename", self.config_filename)
+            log_dir = trainer.log_dir  # broadcast from rank 0
+            name = None
+            if trainer.is_global_zero and log_dir is not None:
+                stem, ext = os.path.splitext(base)
+                name, k = base, 0
+                while os.path.exists(os.path.join(log_dir, name)):
+                    k += 1
+                    name = f"{stem}_{k}{ext}"
+            self.config_filename = trainer.strategy.broadcast(name) or base
+        super().setup(trainer, pl_module, stage)
+
+
+class ResumeRNGState(Callback):
+    """Makes ``fit --ckpt_path`` continue the random streams of the interrupted run.
+
+    Lightning restores weights, optimiser, schedulers and loop counters, but not the global torch
+    generator (which draws the training times and noise) nor the training loader's shuffling
+    generator. This callback stores both in every checkpoint and puts them back when training
+    resumes, so a run resumed at an epoch boundary continues bit for bit. (Resuming mid-epoch
+    restarts the epoch's data order: the data loaders are not resumable; Lightning warns.)
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @staticmethod
+    def _loader_generator(trainer: Trainer) -> torch.Generator | None:
+        loader = trainer.train_dataloader
+        gen = getattr(loader, "generator", None)
+        return gen if isinstance(gen, torch.Generator) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        gen = self._loader_generator(self._trainer) if getattr(self, "_trainer", None) is not None else None
+        if gen is not None:
+            state["loader"] = gen.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending is not None and "torch" in self._pending:
+            torch.set_rng_state(self._pending["torch"])
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # runs before the epoch's loader iterator is created, i.e. before it shuffles
+        if self._pending is None:
+            return
+        gen = self._loader_generator(trainer)
+        if gen is not None and "loader" in self._pending:
+            gen.set_state(self._pending["loader"])
+        self._pending = None
 
 
 class GDDIMCLI(LightningCLI):
     """LightningCLI that links the data module's ``data_shape`` into the model (process and backbone
-    are built from it), so a config never states a shape twice."""
+    are built from it), so a config never states a shape twice, and adds the ``checkpoint`` and
+    ``predict`` sections (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_class_arguments(PredictOptions, "predict", as_group=False, instantiate=False)
+
+    # ------------------------------------------------------------------ before instantiation
+    def _sub(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        if not self.subcommand:
+            return
+        cfg = self._sub()
+        ckpt = cfg.get("ckpt_path")
+        if ckpt is not None and str(ckpt) not in _SPECIAL_CKPT and "://" not in str(ckpt) and not Path(ckpt).is_file():
+            raise FileNotFoundError(
+                f"--ckpt_path {str(ckpt)!r}: no such checkpoint file. Pass a .ckpt written by fit, e.g. "
+                "<default_root_dir>/lightning_logs/version_N/checkpoints/last.ckpt"
+            )
+        if self.subcommand != "predict":
+            return
+        opts = cfg.predict
+        SampleWriter(opts.out_dir, opts.format, opts.overwrite, opts.grid_size).check_out_dir()  # fail early
+        if ckpt is None:
+            rank_zero_warn("predict without --ckpt_path samples an untrained network; pass --ckpt_path CKPT")
+            return
+        if str(ckpt) in _SPECIAL_CKPT or "://" in str(ckpt):
+            return
+        # The checkpoint knows the data shape: predict never builds (or needs) the training data.
+        hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        shape = hparams.get("data_shape")
+        if shape is not None:
+            cfg.data = Namespace(
+                class_path="gddim_lightning.data.seeds.SeedDataModule",
+                init_args=Namespace(num_samples=opts.num_samples, seed=opts.seed, batch_size=opts.batch_size,
+                                    data_shape=[int(d) for d in shape]),
+            )
+
+    # ------------------------------------------------------------------ predict
+    def before_predict(self) -> None:
+        opts = self._sub().predict
+        dm = self.datamodule
+        if not isinstance(dm, SeedDataModule) or (dm.num_samples, dm.seed, dm.batch_size) != (
+            opts.num_samples, opts.seed, opts.batch_size
+        ):
+            shape = getattr(dm, "data_shape", None) or getattr(self.model, "data_shape", None)
+            dm = SeedDataModule(opts.num_samples, opts.seed, opts.batch_size, shape)
+        world = self.trainer.world_size
+        if dm.num_samples < world:
+            raise ValueError(f"predict.num_samples={dm.num_samples} is smaller than the number of devices ({world}); "
+                             "every device needs at least one sample")
+        self.datamodule = dm  # LightningCLI builds trainer.predict's kwargs after this hook
+        writer = SampleWriter(
+            opts.out_dir, opts.format, opts.overwrite, opts.grid_size,
+            meta={"request": {"num_samples": dm.num_samples, "seed": dm.seed, "batch_size": dm.batch_size}},
+        )
+        self.trainer.callbacks.append(writer)
+        sub = self.config_init[self.subcommand]
+        if sub.get("return_predictions") is None:
+            sub["return_predictions"] = False  # the writer has them; do not hold every sample twice
 
 
 def main(args: list[str] | None = None, run: bool = True) -> GDDIMCLI:
+    """Runs the CLI (``args``: command-line arguments, default ``sys.argv[1:]``)."""
     return GDDIMCLI(
         DiffusionModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=VersionedSaveConfigCallback,
         save_config_kwargs={"overwrite": False},
+        trainer_defaults={"callbacks": [ResumeRNGState()]},
+        auto_configure_optimizers=False,  # the module owns its optimiser (lr, betas, warm-up)
         args=args,
         run=run,
     )

@@ -128,13 +128,17 @@ class DiffusionModule(L.LightningModule):
         return fn
 
     # ------------------------------------------------------------------ training
+    def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Training times ``t ~ U[t_eps, T]`` as float64 ``[n]``."""
+        return torch.rand(n, generator=generator, dtype=torch.float64) * (self.process.T - self.t_eps) + self.t_eps
+
     def loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Denoising score matching on eps, averaged over the batch."""
         if tuple(x0.shape[1:]) != self.data_shape:
             raise ValueError(f"batch has sample shape {tuple(x0.shape[1:])}, model.data_shape is {self.data_shape}")
         B = x0.shape[0]
         dev = x0.device
-        t = torch.rand(B, generator=generator, dtype=torch.float64) * (self.process.T - self.t_eps) + self.t_eps
+        t = self.sample_t(B, generator)
         z = torch.randn((B, *self.process.state_shape), generator=generator, dtype=torch.float64)
         z = z.to(device=dev, dtype=x0.dtype)
         u = self.process.perturb(x0, t, z, self.parameterization)
@@ -231,7 +235,7 @@ class CLDModule(DiffusionModule):
             return super().loss(x0, generator)
         p, lay = self.process, self.process.layout
         B, dev = x0.shape[0], x0.device
-        t = torch.rand(B, generator=generator, dtype=torch.float64) * (p.T - self.t_eps) + self.t_eps
+        t = self.sample_t(B, generator)
         z = torch.randn((B, *p.state_shape), generator=generator, dtype=torch.float64)
         v0 = math.sqrt(p.gamma * p.M) * torch.randn((B, *p.data_shape), generator=generator, dtype=torch.float64)
         u0 = lay.lift(x0.double().cpu())

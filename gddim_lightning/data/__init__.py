@@ -9,6 +9,7 @@ ever downloaded.
 from .cifar10 import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, CIFAR10DataModule, load_cifar10_batch
 from .digits import DIGITS_N_IMAGES, DigitsDataModule, load_digits_split
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataModule, find_images, load_image
+from .seeds import SeedDataModule, SeedDataset
 from .toys import (
     TOY_NAMES,
     ToyDataModule,
@@ -30,6 +31,8 @@ __all__ = [
     "DigitsDataModule",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataModule",
+    "SeedDataModule",
+    "SeedDataset",
     "TOY_NAMES",
     "ToyDataModule",
     "find_images",
