@@ -1,0 +1,195 @@
+"""Digits-FID of every sampler against NFE on trained digits models, plus throughput and overhead.
+
+Usage (after training, e.g. ``python -m gddim_lightning fit --config configs/cld.yaml``)::
+
+    python benchmarks/digits_fid.py --run cld configs/cld.yaml runs/cld/.../checkpoints/last.ckpt \
+        --run vp configs/vp.yaml <ckpt> --run bdm configs/bdm.yaml <ckpt> --num-samples 2000 \
+        --out benchmarks/results/digits_fid
+
+Writes ``<out>.json`` and ``<out>.md`` (refuses to overwrite without ``--overwrite``). FID uses the
+package's digits feature network against the 1500 training digits; the floor (held-out real digits
+vs the training digits) is reported with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gddim_lightning.cli import main as cli_main
+from gddim_lightning.data.digits import load_digits_split
+from gddim_lightning.evaluation import make_digits_fid
+from gddim_lightning.samplers import GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, SampleNoise
+from gddim_lightning.sdes import CLD
+
+NFES = (10, 20, 50, 100, 200, 500, 1000)
+
+
+def load_model(config: str, ckpt: str):
+    cli = cli_main(["--config", config], run=False)
+    model = cli.model
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def samplers_for(process, nfes):
+    """(label, sampler) pairs; Heun needs an odd NFE (2 per step + 1 denoising) so it gets ``n + 1``."""
+    out = []
+    for n in nfes:
+        out += [("gDDIM q=2", GDDIM(nfe=n, order=2)), ("gDDIM q=3", GDDIM(nfe=n, order=3)),
+                ("gDDIM q=1", GDDIM(nfe=n, order=1)), ("gDDIM lambda=1", GDDIM(nfe=n, order=1, lambda_=1.0)),
+                ("Euler-Maruyama", EulerMaruyama(nfe=n)), ("Heun (PF)", Heun(nfe=n if n % 2 else n + 1))]
+        if isinstance(process, CLD):
+            out += [("gDDIM L q=2", GDDIM(nfe=n, order=2, K="L")), ("SSCS", SSCS(nfe=n))]
+        else:
+            out += [("Ancestral", Ancestral(nfe=n))]
+    out += [("RK45 tol 1e-3", RK45(1e-3, 1e-3)), ("RK45 tol 1e-5", RK45(1e-5, 1e-5))]
+    return out
+
+
+def nfe_to_match(curve: dict[int, float], target: float) -> str:
+    """Smallest NFE at which a baseline's FID reaches ``target`` (log-log interpolation)."""
+    pts = sorted(curve.items())
+    for (n0, f0), (n1, f1) in zip(pts, pts[1:]):
+        if f0 <= target:
+            return str(n0)
+        if f1 <= target:
+            w = (math.log(f0) - math.log(target)) / (math.log(f0) - math.log(f1))
+            return f"{math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0))):.0f}"
+    return str(pts[0][0]) if pts and pts[0][1] <= target else f">{pts[-1][0]}"
+
+
+def fid_of(fid, x):
+    fid.reset()
+    for k in range(0, len(x), 500):
+        fid.update(x[k : k + 500], real=False)
+    return float(fid.compute())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", nargs=3, action="append", metavar=("NAME", "CONFIG", "CKPT"), required=True)
+    ap.add_argument("--num-samples", type=int, default=2000)
+    ap.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--out", default="benchmarks/results/digits_fid")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    for suffix in (".json", ".md"):
+        if out.with_suffix(suffix).exists() and not args.overwrite:
+            sys.exit(f"{out.with_suffix(suffix)} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    train, _ = load_digits_split("train")
+    val, _ = load_digits_split("val")
+    fid = make_digits_fid(real_images=train)
+    floor = fid_of(fid, val)
+    seeds = list(range(args.num_samples))
+    results = {"floor_val_vs_train": floor, "num_samples": args.num_samples, "runs": {},
+               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+               "threads": torch.get_num_threads()}
+    t_all = time.time()
+    for name, config, ckpt in args.run:
+        model = load_model(config, ckpt)
+        rows = []
+        for label, sampler in samplers_for(model.process, args.nfe):
+            t0 = time.time()
+            res = model.sample(seeds, sampler, batch_size=args.batch_size)
+            dt = time.time() - t0
+            value = fid_of(fid, res.samples.clamp(-1, 1)) if torch.isfinite(res.samples).all() else math.inf
+            rows.append({"sampler": label, "nfe": res.nfe, "fid": value, "seconds": dt})
+            print(f"{name:4s} {label:16s} nfe={res.nfe:5d} fid={value:8.3f} {dt:6.1f}s", flush=True)
+        results["runs"][name] = {"config": config, "ckpt": ckpt, "rows": rows,
+                                 "timing": throughput(model, args.batch_size)}
+    results["seconds"] = time.time() - t_all
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out.with_suffix(".json"))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def throughput(model, batch: int) -> dict:
+    """Sampling throughput at NFE 20 and the sampler's time beyond the network calls (batch ``batch``)."""
+    net_time = [0.0]
+    fn = model.eps_fn(True)
+
+    def timed(u, t):
+        t0 = time.perf_counter()
+        e = fn(u, t)
+        net_time[0] += time.perf_counter() - t0
+        return e
+
+    sampler = GDDIM(nfe=20, order=2)
+    noise = SampleNoise(range(batch))
+    sampler.sample(model.process, timed, noise)  # warm-up: plan build, caches
+    net_time[0] = 0.0
+    t0 = time.perf_counter()
+    sampler.sample(model.process, timed, noise)
+    total = time.perf_counter() - t0
+    # training throughput: forward + backward + step on one batch of digits
+    x = load_digits_split("train")[0][:128]
+    opt = torch.optim.Adam(model.net.parameters(), lr=0.0)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad(), model.loss(x).backward(), opt.step()
+    t1 = time.perf_counter()
+    steps = 10
+    for _ in range(steps):
+        opt.zero_grad(), model.loss(x).backward(), opt.step()
+    train_s = (time.perf_counter() - t1) / steps
+    model.eval()
+    return {"sample_batch": batch, "sample_seconds": total, "samples_per_s_nfe20": batch / total,
+            "network_seconds": net_time[0], "sampler_overhead_fraction": (total - net_time[0]) / total,
+            "train_samples_per_s": 128 / train_s}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Digits FID ({results['num_samples']} samples vs the 1500 training digits; "
+             f"floor = held-out real digits: {results['floor_val_vs_train']:.2f}).", ""]
+    for name, run in results["runs"].items():
+        table: dict[str, dict[int, float]] = {}
+        for r in run["rows"]:
+            table.setdefault(r["sampler"], {})[r["nfe"]] = r["fid"]
+        nfes = sorted({r["nfe"] for r in run["rows"] if not r["sampler"].startswith("RK45")})
+        lines += [f"### {name}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "|---|" + "---|" * len(nfes)]
+        for label, vals in table.items():
+            if label.startswith("RK45"):
+                continue
+            cells = []
+            for n in nfes:
+                v = vals.get(n, vals.get(n + 1))
+                cells.append("" if v is None else f"{v:.2f}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for label, vals in table.items():
+            if label.startswith("RK45"):
+                (n, v), = vals.items()
+                lines.append(f"| {label} (adaptive) | NFE {n}: {v:.2f} |" + " |" * (len(nfes) - 1))
+        ref = table.get("gDDIM q=2", {}).get(20)
+        if ref is not None:
+            lines += ["", f"NFE each sampler needs to reach gDDIM q=2 at NFE 20 (FID {ref:.2f}):", "",
+                      "| sampler | NFE to match |", "|---|---|"]
+            for label, vals in table.items():
+                if not label.startswith("RK45"):
+                    lines.append(f"| {label} | {nfe_to_match(vals, ref)} |")
+        tm = run["timing"]
+        lines += ["", f"Sampling at NFE 20, batch {tm['sample_batch']}: {tm['samples_per_s_nfe20']:.1f} samples/s; "
+                  f"sampler overhead beyond network calls: {100 * tm['sampler_overhead_fraction']:.1f}%. "
+                  f"Training: {tm['train_samples_per_s']:.0f} samples/s.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
