@@ -202,7 +202,9 @@ class SampleCallback(L.Callback):
       ``sample_count`` (samples drawn over all ranks; equals ``num_samples``).
 
     The same values are put in ``trainer.callback_metrics`` on every rank, so ``ModelCheckpoint`` /
-    ``EarlyStopping`` can monitor e.g. ``fid_2k``.
+    ``EarlyStopping`` can monitor e.g. ``fid_2k`` (with validation enabled, give them
+    ``save_on_train_epoch_end=True`` / ``check_on_train_epoch_end=True``: validation ends before the
+    training epoch does).
 
     Real statistics are computed once, on the first evaluation, from the data module's unaugmented
     ``train_x`` / ``train_data`` tensor if it has one, else from its ``train_dataloader()``, up to
@@ -277,6 +279,7 @@ class SampleCallback(L.Callback):
         self.log_grid = bool(log_grid)
         self.last_metrics: dict[str, float] = {}
         self.last_image: Tensor | None = None
+        self.last_image_tag = "samples/grid"
         self._fid: Any = None
         self._fid_kind: str | None = None
         self._real_points: Tensor | None = None
@@ -309,6 +312,10 @@ class SampleCallback(L.Callback):
             return
         if kind == "digits":
             from .evaluation import make_digits_fid
+
+            if tuple(pl_module.data_shape) != _DIGITS_SHAPE:
+                raise ValueError(f"SampleCallback(metric='digits') needs 8x8 digits (data_shape {_DIGITS_SHAPE}), "
+                                 f"got {tuple(pl_module.data_shape)}; use metric='inception' or 'points'")
 
             self._fid = make_digits_fid(reset_real_features=False)
         else:
@@ -352,7 +359,7 @@ class SampleCallback(L.Callback):
             logger.log_metrics(metrics, step=step)
             experiment = getattr(logger, "experiment", None)
             if self.last_image is not None and hasattr(experiment, "add_image"):
-                experiment.add_image(self._image_tag, self.last_image, global_step=step, dataformats="CHW")
+                experiment.add_image(self.last_image_tag, self.last_image, global_step=step, dataformats="CHW")
             if hasattr(experiment, "flush"):
                 experiment.flush()
 
@@ -371,8 +378,9 @@ class SampleCallback(L.Callback):
             datamodule: data module for the real statistics; default ``trainer.datamodule``.
 
         Returns:
-            ``{metric name: value}`` (identical on every rank). The image is left in ``last_image``
-            (rank 0 only) and the metrics in ``last_metrics``.
+            ``{metric name: value}`` (identical on every rank). The image (``[C, H, W]`` in
+            ``[0, 1]``) is left in ``last_image`` (rank 0 only, None on the others), its tag in
+            ``last_image_tag`` and the metrics in ``last_metrics``.
         """
         world = int(trainer.world_size) if trainer is not None else 1
         rank = int(trainer.global_rank) if trainer is not None else 0
@@ -420,7 +428,7 @@ class SampleCallback(L.Callback):
         if chosen in ("digits", "inception"):
             metrics[metric_name("fid", self.num_samples)] = self._fid_value(local[:n_metric_local], pl_module)
         all_points = None
-        if kind == "points":
+        if kind == "points" or chosen == "points":
             all_points = self._gather_ordered(pl_module, local[:n_metric_local], self.num_samples, world).cpu()
         if chosen == "points":
             from .evaluation import frechet_distance, sliced_wasserstein
@@ -436,14 +444,12 @@ class SampleCallback(L.Callback):
             if kind == "images" and n_grid > 0:
                 grid = self._gather_ordered(pl_module, local[: len(range(rank, n_grid, world))], n_grid, world)
                 self.last_image = image_grid(grid) if rank == 0 else None
-                self._image_tag = "samples/grid"
+                self.last_image_tag = "samples/grid"
             elif kind == "points" and rank == 0:
                 self.last_image = points_image(all_points, self._real_points)
-                self._image_tag = "samples/scatter"
+                self.last_image_tag = "samples/scatter"
         self.last_metrics = metrics
         return metrics
-
-    _image_tag = "samples/grid"
 
     def _gather_ordered(self, pl_module: L.LightningModule, local: Tensor, n: int, world: int) -> Tensor:
         """All ranks' shares back in sample order ``[n, ...]`` (rank r holds k = r, r + W, ...)."""
@@ -491,7 +497,7 @@ class SampleCallback(L.Callback):
         if data is not None:
             for start in range(0, min(self.num_real, data.shape[0]), self.batch_size):
                 stop = min(start + self.batch_size, self.num_real)
-                yield _as_float_images(data[start:stop]) if data.dtype == torch.uint8 else data[start:stop].float()
+                yield _as_float_images(data[start:stop])
             return
         seen = 0
         for batch in datamodule.train_dataloader():

@@ -182,3 +182,51 @@ def test_images_without_feature_net_warn_once_and_still_grid():
         metrics = cb.evaluate(module)
     assert not any(k.startswith("fid") for k in metrics) and metrics["sample_count"] == 4
     assert cb.last_image.shape[0] == 3
+
+
+def test_fast_dev_run(tmp_path):
+    cb = SampleCallback(num_samples=20, num_real=200, sampler=GDDIM(nfe=3))
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(toy_module(), ToyDataModule("checkerboard", n_train=256, n_val=32, batch_size=64))
+    assert set(cb.last_metrics) >= {"fd_20", "swd_20", "sample_time_s", "sample_nfe", "sample_count"}
+    assert float(trainer.callback_metrics["fd_20"]) == pytest.approx(cb.last_metrics["fd_20"], rel=1e-6)  # monitorable
+
+
+class _UInt8Features(nn.Module):
+    """Stands in for Inception: checks its input is uint8 RGB, returns 4 features."""
+
+    num_features = 4
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3, (x.dtype, x.shape)
+        f = x.float().mean(dim=(2, 3)) / 255
+        return torch.cat([f, f.square().sum(1, keepdim=True)], dim=1)
+
+
+def test_inception_path_feeds_uint8_rgb(monkeypatch, tmp_path):
+    """With inception_weights, 1-channel images in [-1, 1] reach the feature net as uint8 RGB."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    import gddim_lightning.evaluation as evaluation
+
+    calls = []
+
+    def fake(weights_path, **kwargs):
+        calls.append(weights_path)
+        return FrechetInceptionDistance(feature=_UInt8Features(), **kwargs)
+
+    monkeypatch.setattr(evaluation, "make_inception_fid", fake)
+    cb = SampleCallback(num_samples=16, num_real=100, sampler=GDDIM(nfe=3), inception_weights="w.pth")
+    metrics = cb.evaluate(digits_module(), datamodule=DigitsDataModule())
+    assert calls == ["w.pth"] and math.isfinite(metrics["fid_16"])
+    assert int(cb._fid.real_features_num_samples) == 100
+
+
+def test_points_metrics_on_flattened_images():
+    cb = SampleCallback(num_samples=16, num_grid=4, num_real=100, sampler=GDDIM(nfe=3), metric="points")
+    metrics = cb.evaluate(digits_module(), datamodule=DigitsDataModule())
+    assert math.isfinite(metrics["fd_16"]) and math.isfinite(metrics["swd_16"]) and "fid_16" not in metrics
+    assert cb.last_image_tag == "samples/grid" and cb._real_points.shape == (100, 1, 8, 8)
+    with pytest.raises(ValueError, match="8x8 digits"):
+        SampleCallback(metric="digits").evaluate(toy_module())

@@ -235,3 +235,11 @@ def test_signatures_parse_with_jsonargparse():
     for cls in (ToyDataModule, DigitsDataModule, CIFAR10DataModule, ImageFolderDataModule):
         parser = jsonargparse.ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(cls, "data")
+
+
+@pytest.mark.parametrize("name", TOY_NAMES)
+def test_every_toy_name_constructs_and_yields_a_batch(name):
+    dm = ToyDataModule(name, n_train=64, n_val=16, batch_size=32)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (32, 2) and torch.isfinite(batch).all()

@@ -101,7 +101,7 @@ def read_scalars(root: Path) -> tuple[dict[str, list], dict[str, list], int]:
 
 
 @pytest.mark.parametrize("name", ["points", pytest.param("digits", marks=pytest.mark.slow)])
-def test_ddp_metric_equals_single_process(name, tmp_path):
+def test_ddp_metric_equals_single_process(name, tmp_path, monkeypatch):
     case = CASES[name]
     cfg = write_config(case, tmp_path)
     cmd = [sys.executable, "-m", "gddim_lightning", "fit", "--config", str(cfg),
@@ -123,6 +123,7 @@ def test_ddp_metric_equals_single_process(name, tmp_path):
 
     # One process, same config, the checkpoint written right after the evaluation.
     (ckpt,) = (tmp_path / "runs").rglob("epoch=0-step=2.ckpt")
+    monkeypatch.setattr(sys, "argv", ["gddim_lightning"])
     cli = main(args=["--config", str(cfg), "--trainer.devices", "1", "--trainer.logger", "false"], run=False)
     cli.model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
     (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, SampleCallback)]

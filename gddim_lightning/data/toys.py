@@ -263,7 +263,7 @@ class ToyDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        sample_toy(name, 0, torch.Generator())  # raises ValueError for an unknown name
+        sample_toy(name, 1, torch.Generator())  # raises ValueError for an unknown name
         if n_train < 1 or n_val < 1:
             raise ValueError(f"data.init_args.n_train/n_val must be >= 1, got {n_train}/{n_val}")
         _check_loader_args(batch_size, num_workers)
