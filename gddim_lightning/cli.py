@@ -3,8 +3,8 @@
 * ``model``: `DiffusionModule` or any subclass (``--model gddim_lightning.module.CLDModule``); the
   process, backbone and sampler are ``class_path`` + ``init_args`` inside it. The data module's
   ``data_shape`` is linked into ``model.init_args.data_shape``, so no config states a shape twice.
-* ``checkpoint``: a `ModelCheckpoint` that every run gets (``save_last: true``: ``last.ckpt`` plus
-  the latest ``epoch=E-step=S.ckpt``); configure it with ``--checkpoint.*``.
+* ``checkpoint``: a `ModelCheckpoint` that every run gets (``save_last: true``: ``last.ckpt``, the
+  final state, plus the latest ``epoch=E-step=S.ckpt``); configure it with ``--checkpoint.*``.
 * ``predict``: what the ``predict`` subcommand draws and writes (``--predict.num_samples``,
   ``--predict.out_dir``, ...). It is accepted by every subcommand, so one config serves ``fit``
   and ``predict``. ``predict`` samples with the model's sampler, e.g.
@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -33,13 +34,34 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .data.seeds import SeedDataModule
-from .module import CLDModule, DiffusionModule  # noqa: F401  (CLDModule: resolvable by short name)
+from .module import DiffusionModule
 from .writer import SampleWriter
 
-__all__ = ["GDDIMCLI", "PredictOptions", "ResumeRNGState", "VersionedSaveConfigCallback", "main"]
+__all__ = [
+    "FinalModelCheckpoint", "GDDIMCLI", "PredictOptions", "ResumeRNGState", "VersionedSaveConfigCallback", "main",
+]
 
 # ckpt_path values that Lightning resolves itself instead of reading a file
 _SPECIAL_CKPT = ("last", "best", "hpc", "registry")
+# model arguments that DiffusionModule does not store in checkpoints (they come from the config)
+_NOT_STORED = ("process", "backbone", "sampler")
+
+
+_PLACEHOLDER = "???"  # a config value the user must set (e.g. the CIFAR-10 root)
+
+
+def _walk(value: Any, prefix: str = "") -> Any:
+    """Yields ``(dotted key, leaf value)`` of a parsed config (namespaces, dicts and lists)."""
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, value
 
 
 class PredictOptions:
@@ -75,6 +97,21 @@ class PredictOptions:
         self.grid_size = grid_size
 
 
+class FinalModelCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose ``last.ckpt`` is always the final state of ``fit``.
+
+    Lightning writes ``last.ckpt`` only together with a top-k checkpoint, i.e. after validation when
+    ``check_val_every_n_epoch > 1``: a run stopped by ``max_steps`` or ``max_time`` between two
+    validations would lose its last steps. This one also writes it when training ends.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)
+
+
 class VersionedSaveConfigCallback(SaveConfigCallback):
     """`SaveConfigCallback` that never overwrites and never fails on an existing file.
 
@@ -104,12 +141,14 @@ class ResumeRNGState(Callback):
     Lightning restores weights, optimiser, schedulers and loop counters, but not the global torch
     generator (which draws the training times and noise) nor the training loader's shuffling
     generator. This callback stores both in every checkpoint and puts them back when training
-    resumes, so a run resumed at an epoch boundary continues bit for bit. (Resuming mid-epoch
-    restarts the epoch's data order: the data loaders are not resumable; Lightning warns.)
+    resumes, so a run resumed from a checkpoint taken at the end of an epoch continues bit for bit.
+    Resuming mid-epoch starts a fresh pass over the data (the loaders are not resumable; Lightning
+    warns). Under DDP the ranks share rank 0's global generator state, as after ``seed_everything``.
     """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._trainer: Trainer | None = None
 
     @staticmethod
     def _loader_generator(trainer: Trainer) -> torch.Generator | None:
@@ -119,7 +158,7 @@ class ResumeRNGState(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"torch": torch.get_rng_state()}
-        gen = self._loader_generator(self._trainer) if getattr(self, "_trainer", None) is not None else None
+        gen = self._loader_generator(self._trainer) if self._trainer is not None else None
         if gen is not None:
             state["loader"] = gen.get_state()
         return state
@@ -131,16 +170,18 @@ class ResumeRNGState(Callback):
         self._trainer = trainer
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._pending is not None and "torch" in self._pending:
-            torch.set_rng_state(self._pending["torch"])
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # runs before the epoch's loader iterator is created, i.e. before it shuffles
+        # after the checkpoint is restored and the loader built, before its first iterator shuffles
         if self._pending is None:
             return
+        if "torch" in self._pending:
+            torch.set_rng_state(self._pending["torch"])
         gen = self._loader_generator(trainer)
-        if gen is not None and "loader" in self._pending:
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if gen is not None and "loader" in self._pending and fetcher is not None:
             gen.set_state(self._pending["loader"])
+            # Lightning made the epoch's iterator (which draws from the generator) before this hook;
+            # make it again from the restored state, as an uninterrupted run does at an epoch start
+            iter(fetcher)
         self._pending = None
 
 
@@ -151,45 +192,119 @@ class GDDIMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_class_arguments(PredictOptions, "predict", as_group=False, instantiate=False)
+
+    # ------------------------------------------------------------------ checkpoint hyperparameters
+    def _parse_ckpt_path(self) -> None:
+        """Applies the checkpoint's model hyperparameters on top of the configured model.
+
+        Lightning's version re-parses them as the model's ``dict_kwargs``, which replaces the whole
+        model value: the process, backbone and sampler (not stored in the checkpoint) were lost and
+        parsing failed. Here the stored values are written into the configured ``init_args``: the
+        checkpoint's values win (data shape, parameterisation, mixed score, ...), everything else
+        comes from the config and the command line (e.g. ``--model.init_args.sampler.init_args.nfe``).
+        """
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt = self.config[sub].get("ckpt_path")
+        if not ckpt or not Path(ckpt).is_file():
+            return
+        hparams = dict(torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        class_path = hparams.pop("_class_path", None)
+        model = self.config[sub].get("model")
+        if not hparams or model is None or model.get("init_args") is None:
+            return
+        init = model.init_args
+        if class_path is not None and class_path != model.class_path:
+            rank_zero_warn(f"--ckpt_path {ckpt} holds a {class_path}; it replaces the configured {model.class_path}")
+            model.class_path = class_path
+            for key in [k for k in init.keys() if "." not in k and k not in hparams and k not in _NOT_STORED]:
+                del init[key]
+        for key, value in hparams.items():
+            init[key] = list(value) if isinstance(value, tuple) else value
 
     # ------------------------------------------------------------------ before instantiation
     def _sub(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
+        """Fails early, before anything is built, on user errors: a missing checkpoint, an occupied
+        ``predict.out_dir``, a required config value still ``???``."""
         if not self.subcommand:
             return
         cfg = self._sub()
         ckpt = cfg.get("ckpt_path")
         if ckpt is not None and str(ckpt) not in _SPECIAL_CKPT and "://" not in str(ckpt) and not Path(ckpt).is_file():
-            raise FileNotFoundError(
+            self.parser.error(
                 f"--ckpt_path {str(ckpt)!r}: no such checkpoint file. Pass a .ckpt written by fit, e.g. "
                 "<default_root_dir>/lightning_logs/version_N/checkpoints/last.ckpt"
             )
-        if self.subcommand != "predict":
-            return
-        opts = cfg.predict
-        SampleWriter(opts.out_dir, opts.format, opts.overwrite, opts.grid_size).check_out_dir()  # fail early
+        if self.subcommand == "predict":
+            opts = cfg.predict
+            try:
+                SampleWriter(opts.out_dir, opts.format, opts.overwrite, opts.grid_size).check_out_dir()
+            except (FileExistsError, ValueError) as err:
+                self.parser.error(str(err))
+            self._predict_data_from_checkpoint(cfg, ckpt)
+        missing = [key for key, value in _walk(cfg) if value == _PLACEHOLDER]
+        if missing:
+            self.parser.error(
+                f"required value(s) not set (still {_PLACEHOLDER!r} in the config): {', '.join(missing)}; pass them "
+                f"on the command line, e.g. --{missing[0]} VALUE"
+            )
+
+    def _predict_data_from_checkpoint(self, cfg: Namespace, ckpt: Any) -> None:
+        """predict never builds the training data: the seeds module replaces it, shaped from the checkpoint."""
         if ckpt is None:
             rank_zero_warn("predict without --ckpt_path samples an untrained network; pass --ckpt_path CKPT")
             return
         if str(ckpt) in _SPECIAL_CKPT or "://" in str(ckpt):
             return
-        # The checkpoint knows the data shape: predict never builds (or needs) the training data.
         hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
         shape = hparams.get("data_shape")
-        if shape is not None:
-            cfg.data = Namespace(
-                class_path="gddim_lightning.data.seeds.SeedDataModule",
-                init_args=Namespace(num_samples=opts.num_samples, seed=opts.seed, batch_size=opts.batch_size,
-                                    data_shape=[int(d) for d in shape]),
-            )
+        if shape is None:
+            return
+        opts = cfg.predict
+        cfg.data = Namespace(
+            class_path="gddim_lightning.data.seeds.SeedDataModule",
+            init_args=Namespace(num_samples=opts.num_samples, seed=opts.seed, batch_size=opts.batch_size,
+                                data_shape=[int(d) for d in shape]),
+        )
 
-    # ------------------------------------------------------------------ predict
+    # ------------------------------------------------------------------ subcommands
+    def _drop_checkpoint_callback(self) -> None:
+        """Outside fit the ``checkpoint`` callback has nothing to save: leave it out."""
+        cb = self._get(self.config_init, "checkpoint")
+        self.trainer.callbacks = [c for c in self.trainer.callbacks if c is not cb]
+
+    def _evaluate(self, fn: str, **kwargs: Any) -> Any:
+        """Runs ``trainer.<fn>`` without Lightning's warning that the checkpoint holds the state of
+        callbacks (ModelCheckpoint, ResumeRNGState) that only ``fit`` uses."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+            return getattr(self.trainer, fn)(**kwargs)
+
+    def before_validate(self) -> None:
+        self._drop_checkpoint_callback()
+
+    def validate(self, **kwargs: Any) -> Any:
+        return self._evaluate("validate", **kwargs)
+
+    def before_test(self) -> None:
+        self._drop_checkpoint_callback()
+
+    def test(self, **kwargs: Any) -> Any:
+        return self._evaluate("test", **kwargs)
+
+    def predict(self, **kwargs: Any) -> Any:
+        return self._evaluate("predict", **kwargs)
+
     def before_predict(self) -> None:
+        self._drop_checkpoint_callback()
         opts = self._sub().predict
         dm = self.datamodule
         if not isinstance(dm, SeedDataModule) or (dm.num_samples, dm.seed, dm.batch_size) != (
@@ -199,8 +314,8 @@ class GDDIMCLI(LightningCLI):
             dm = SeedDataModule(opts.num_samples, opts.seed, opts.batch_size, shape)
         world = self.trainer.world_size
         if dm.num_samples < world:
-            raise ValueError(f"predict.num_samples={dm.num_samples} is smaller than the number of devices ({world}); "
-                             "every device needs at least one sample")
+            self.parser.error(f"predict.num_samples={dm.num_samples} is smaller than the number of devices ({world}); "
+                              "every device needs at least one sample")
         self.datamodule = dm  # LightningCLI builds trainer.predict's kwargs after this hook
         writer = SampleWriter(
             opts.out_dir, opts.format, opts.overwrite, opts.grid_size,

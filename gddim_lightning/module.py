@@ -37,9 +37,9 @@ class DiffusionModule(L.LightningModule):
         mixed_score: add the exact eps of standard-normal data to the network output (the CLD paper's
             "mixed score"; works for every process).
         t_eps: smallest training time.
-        lr: Adam learning rate.
+        lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        betas: Adam betas.
+        betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up steps.
         ema_decay: EMA decay (``ema_pytorch.EMA`` beta).
         ema_update_after_step: EMA starts tracking after this many optimiser steps.

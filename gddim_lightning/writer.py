@@ -101,10 +101,11 @@ def _save_png(path: Path, img: np.ndarray) -> None:
     _atomic_write(path, lambda f: _pil_image(img).save(f, format="PNG"))
 
 
-def _image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
-    """``[N, H, W, C]`` uint8 -> one ``[rows*(H+pad)+pad, cols*(W+pad)+pad, C]`` grid, upscaled for small H."""
+def _image_grid(images: np.ndarray) -> np.ndarray:
+    """``[N, H, W, C]`` uint8 -> one near-square grid, small images upscaled (nearest) to >= 64 px."""
     n, h, w, c = images.shape
     scale = max(1, 64 // max(h, w))
+    pad = 2 if scale > 1 else 1
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
         h, w = h * scale, w * scale

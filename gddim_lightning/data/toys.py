@@ -4,7 +4,7 @@ Every sampler has the signature ``sample_<name>(n, generator) -> Tensor[n, 2]``
 (float32, roughly centred, roughly unit scale) and draws all of its randomness
 from ``generator``, so a fixed seed gives a fixed point cloud.
 
-The Gaussian mixtures are defined by :func:`toy_mixture_params` (exact weights,
+The Gaussian mixtures are defined by `toy_mixture_params` (exact weights,
 means, diagonal stds), which exact-score oracles elsewhere reuse. This module
 also holds the loader helpers shared by the other data modules.
 """
@@ -113,7 +113,7 @@ def sample_mixture(params: dict[str, Tensor], n: int, generator: torch.Generator
     """Draws ``n`` points from a diagonal Gaussian mixture.
 
     Args:
-        params: dict as returned by :func:`toy_mixture_params`.
+        params: dict as returned by `toy_mixture_params`.
         n: number of samples.
         generator: source of randomness.
 

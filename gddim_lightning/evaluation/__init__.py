@@ -1,10 +1,10 @@
 """Offline sample-quality metrics.
 
 * 8x8 digits: FID on the features of a small shipped CNN
-  (:func:`make_digits_fid`, :class:`DigitsFeatureNet`).
-* Point clouds / flattened images: :func:`frechet_distance`,
-  :func:`sliced_wasserstein`, :func:`gaussian_moment_error`.
-* CIFAR-10: real Inception FID from a local weights file (:func:`make_inception_fid`,
+  (`make_digits_fid`, `DigitsFeatureNet`).
+* Point clouds / flattened images: `frechet_distance`,
+  `sliced_wasserstein`, `gaussian_moment_error`.
+* CIFAR-10: real Inception FID from a local weights file (`make_inception_fid`,
   needs the ``inception`` extra).
 
 Importing this package does not import torchvision, torch-fidelity or

@@ -2,7 +2,7 @@
 
 Inception-v3 features are meaningless on 8x8 grey-scale digits (and need weights that
 cannot be downloaded offline), so the package ships a tiny CNN classifier trained on
-the training split of :func:`sklearn.datasets.load_digits`. Its penultimate layer
+the training split of `sklearn.datasets.load_digits`. Its penultimate layer
 (128 ReLU units) plays the role of Inception's pool3 features.
 
 How torchmetrics uses the module (``torchmetrics`` 1.x, ``FrechetInceptionDistance``):
@@ -43,7 +43,7 @@ __all__ = [
     "make_digits_fid",
 ]
 
-#: Location of the shipped state_dict of :class:`DigitsFeatureNet`.
+#: Location of the shipped state_dict of `DigitsFeatureNet`.
 DIGITS_FEATURES_WEIGHTS: Path = Path(__file__).resolve().parent.parent / "assets" / "digits_features.pt"
 
 _REGENERATE_HINT = "regenerate it with `python scripts/train_digits_classifier.py --overwrite`"
@@ -57,7 +57,7 @@ class DigitsFeatureNet(nn.Module):
     batch-norm or dropout, so train and eval mode compute the same function.
 
     Attributes:
-        num_features: Size of the feature vector returned by :meth:`forward` (128);
+        num_features: Size of the feature vector returned by `forward` (128);
             torchmetrics reads it to size the FID statistics.
         num_classes: Number of digit classes (10).
     """
@@ -105,7 +105,7 @@ class DigitsFeatureNet(nn.Module):
         """Penultimate-layer features.
 
         Args:
-            x: Images, see :meth:`prepare`.
+            x: Images, see `prepare`.
 
         Returns:
             float32 tensor ``[N, num_features]`` (non-negative, post-ReLU).
@@ -120,7 +120,7 @@ class DigitsFeatureNet(nn.Module):
         """Return the FID features (what ``FrechetInceptionDistance`` calls).
 
         Args:
-            x: Images ``[N, 1, 8, 8]`` in ``[-1, 1]`` (see :meth:`prepare` for the
+            x: Images ``[N, 1, 8, 8]`` in ``[-1, 1]`` (see `prepare` for the
                 other accepted layouts).
 
         Returns:
@@ -132,7 +132,7 @@ class DigitsFeatureNet(nn.Module):
         """Class logits.
 
         Args:
-            x: Images, see :meth:`prepare`.
+            x: Images, see `prepare`.
 
         Returns:
             float32 tensor ``[N, num_classes]``.
@@ -152,7 +152,7 @@ def load_digits_feature_net(
         device: Device to put the network on.
 
     Returns:
-        A :class:`DigitsFeatureNet` in eval mode with ``requires_grad=False`` on all
+        A `DigitsFeatureNet` in eval mode with ``requires_grad=False`` on all
         parameters.
 
     Raises:
@@ -190,7 +190,7 @@ def make_digits_fid(
 
     ``update(imgs, real=...)`` takes float images ``[N, 1, 8, 8]`` in ``[-1, 1]``
     directly. By default ``reset_real_features=False``, so real statistics added once
-    survive :meth:`~torchmetrics.Metric.reset` and only generated samples need to be
+    survive `torchmetrics.Metric.reset` and only generated samples need to be
     fed at each evaluation.
 
     Args:

@@ -2,7 +2,7 @@
 
 Nothing here imports torchmetrics' image package, torch-fidelity or torchvision at
 module import time: the CPU environment of this project cannot import them. They are
-only imported inside :func:`make_inception_fid`, after the checks below.
+only imported inside `make_inception_fid`, after the checks below.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def make_inception_fid(weights_path: str | os.PathLike[str], **kwargs: Any) -> F
     (``pt_inception-2015-12-05-6726825d.pth``) must be fetched beforehand on a machine
     with internet and passed by path. With the torchmetrics default ``normalize=False``
     the metric's ``update`` expects ``uint8`` RGB images ``[N, 3, H, W]`` in
-    ``[0, 255]``; convert model samples in ``[-1, 1]`` with :func:`to_uint8_images`
+    ``[0, 255]``; convert model samples in ``[-1, 1]`` with `to_uint8_images`
     (clamps and rounds, unlike ``normalize=True`` which truncates and wraps values
     outside ``[0, 1]``).
 

@@ -50,14 +50,13 @@ def _psd_sqrt(a: Tensor) -> Tensor:
 def frechet_distance(x: Tensor, y: Tensor) -> float:
     r"""Frechet distance between Gaussians fitted to two sample sets.
 
-    .. math::
-        \|\mu_x - \mu_y\|^2 + \operatorname{tr}\big(\Sigma_x + \Sigma_y
-        - 2 (\Sigma_x^{1/2} \Sigma_y \Sigma_x^{1/2})^{1/2}\big)
+    $$\|\mu_x - \mu_y\|^2 + \operatorname{tr}\big(\Sigma_x + \Sigma_y
+    - 2 (\Sigma_x^{1/2} \Sigma_y \Sigma_x^{1/2})^{1/2}\big)$$
 
     (the squared 2-Wasserstein distance between the fitted Gaussians; FID is this on
     network features). Covariances are unbiased (``N - 1``). The trace of the cross
     term is computed from the eigenvalues of the symmetric PSD matrix
-    :math:`\Sigma_x^{1/2}\Sigma_y\Sigma_x^{1/2}`, clipped at zero, so singular or
+    `\Sigma_x^{1/2}\Sigma_y\Sigma_x^{1/2}`, clipped at zero, so singular or
     ill-conditioned covariances give no NaN or complex values.
 
     Args:
@@ -114,14 +113,13 @@ def _quantile_w2_sq(px: Tensor, py: Tensor) -> Tensor:
 def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:
     r"""Sliced 2-Wasserstein distance between two empirical distributions.
 
-    .. math::
-        SW_2(x, y) = \Big(\frac{1}{P}\sum_{p=1}^{P} W_2^2(\theta_p^\top x, \theta_p^\top y)\Big)^{1/2}
+    $$SW_2(x, y) = \Big(\frac{1}{P}\sum_{p=1}^{P} W_2^2(\theta_p^\top x, \theta_p^\top y)\Big)^{1/2}$$
 
-    with ``P`` directions :math:`\theta_p` drawn uniformly on the unit sphere from a
+    with ``P`` directions $\theta_p$ drawn uniformly on the unit sphere from a
     generator seeded with ``seed`` (so the value is deterministic for a seed). Each 1-D
-    :math:`W_2` is computed exactly from the empirical quantile functions, so the sample
-    sizes may differ. For ``y = x + v`` the value is about :math:`\|v\|/\sqrt{d}`
-    (exactly :math:`|v|` in one dimension).
+    `W_2` is computed exactly from the empirical quantile functions, so the sample
+    sizes may differ. For ``y = x + v`` the value is about `\|v\|/\sqrt{d}`
+    (exactly `|v|` in one dimension).
 
     Args:
         x: Samples ``[N, d]``.

@@ -3,9 +3,9 @@
 ``t`` is continuous time in ``[0, T]``, given as a float, a 0-dim tensor or a
 tensor of shape ``[B]``.
 
-* :class:`MLP`: residual FiLM MLP for flat data ``[B, in_dim]``.
-* :class:`UNet`: DDPM++-style UNet for images ``[B, C, H, W]``.
-* :class:`SinusoidalEmbedding`, :class:`FourierEmbedding`: time embeddings.
+* `MLP`: residual FiLM MLP for flat data ``[B, in_dim]``.
+* `UNet`: DDPM++-style UNet for images ``[B, C, H, W]``.
+* `SinusoidalEmbedding`, `FourierEmbedding`: time embeddings.
 """
 
 from gddim_lightning.nets.embeddings import FourierEmbedding, SinusoidalEmbedding

@@ -7,10 +7,10 @@ through a small MLP of their own.
 
 Two embeddings are provided:
 
-* :class:`SinusoidalEmbedding`: the fixed transformer-style ``sin``/``cos``
+* `SinusoidalEmbedding`: the fixed transformer-style ``sin``/``cos``
   features of ``scale * t`` (DDPM). ``scale = 1000`` maps ``t in [0, 1]`` onto
   the range of the discrete DDPM step index.
-* :class:`FourierEmbedding`: Gaussian random Fourier features (NCSN++/DDPM++).
+* `FourierEmbedding`: Gaussian random Fourier features (NCSN++/DDPM++).
   The random frequencies are a frozen buffer drawn from a fixed seed, so two
   instances are identical and checkpoints stay interchangeable.
 """
@@ -125,7 +125,7 @@ class FourierEmbedding(nn.Module):
 
     Computes ``[sin(2 pi W t), cos(2 pi W t)]`` with ``W ~ N(0, scale^2)``.
     ``W`` is a frozen (non-trainable) buffer drawn from a dedicated
-    :class:`torch.Generator` with a fixed seed, so it does not depend on (or
+    `torch.Generator` with a fixed seed, so it does not depend on (or
     consume) the global RNG state and every instance of a given ``dim`` and
     ``scale`` is identical. An odd ``dim`` is zero-padded by one column.
 
@@ -179,7 +179,7 @@ def build_time_embedding(name: str, dim: int) -> nn.Module:
         The embedding module, mapping ``t`` of shape ``[B]`` to ``[B, dim]``.
 
     Raises:
-        ValueError: If ``name`` is not one of :data:`EMBEDDINGS`.
+        ValueError: If ``name`` is not one of `EMBEDDINGS`.
     """
     key = str(name).lower()
     if key == "fourier":

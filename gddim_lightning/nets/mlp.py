@@ -17,7 +17,7 @@ def build_activation(name: str) -> nn.Module:
     """Build an activation module from its name.
 
     Args:
-        name: One of :data:`ACTIVATIONS` (case-insensitive).
+        name: One of `ACTIVATIONS` (case-insensitive).
 
     Returns:
         A fresh activation module.
@@ -79,7 +79,7 @@ class MLP(nn.Module):
         depth: Number of residual blocks (at least 1).
         time_dim: Size of the raw time embedding.
         embedding: ``"sinusoidal"`` or ``"fourier"``.
-        activation: One of :data:`ACTIVATIONS`.
+        activation: One of `ACTIVATIONS`.
 
     Raises:
         ValueError: For non-positive sizes, an unknown ``embedding`` or an

@@ -148,7 +148,7 @@ class UNet(nn.Module):
         attn_resolutions: Feature-map sizes at which self-attention is used.
         dropout: Dropout probability inside residual blocks.
         embedding: ``"fourier"`` or ``"sinusoidal"``.
-        num_groups: Upper bound on GroupNorm groups (see :func:`group_count`).
+        num_groups: Upper bound on GroupNorm groups (see `group_count`).
         image_size: Expected input size (square); if given, inputs are
             validated against it and unused attention modules are not built.
         resblock_updown: Resample with BigGAN-style residual blocks instead of

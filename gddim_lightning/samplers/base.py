@@ -26,6 +26,9 @@ class SampleNoise:
     """Per-sample random streams: sample ``k`` draws from its own generator seeded with ``seeds[k]``,
     so it is the same whatever the batch size, batch position or device count (EDM-style).
 
+    The streams are consumed as a sampler draws from them: build a fresh ``SampleNoise`` (same seeds)
+    to repeat a run from the same starting point.
+
     Args:
         seeds: one integer seed per sample.
         device: where the noise lives.

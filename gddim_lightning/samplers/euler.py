@@ -71,7 +71,7 @@ class Heun(Sampler):
 
     Args:
         nfe: total evaluations; ``nfe - denoise`` must be even (2 per step).
-        grid: time grid (default quadratic).
+        grid: time grid (default uniform).
         t_min: last grid time.
         denoise: final step (see `Sampler`).
     """
