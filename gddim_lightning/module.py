@@ -148,8 +148,18 @@ class DiffusionModule(L.LightningModule):
     def reduce_loss(self, eps: Tensor, z: Tensor) -> Tensor:
         return ((eps - z) ** 2).mean()
 
+    def setup(self, stage: str) -> None:
+        self._train_seed = torch.initial_seed()  # set by seed_everything; the same on every rank
+
+    def step_generator(self) -> torch.Generator:
+        """Generator of the training times and noise: a function of (seed, rank, global step), so ranks
+        draw different noise and a resumed run draws exactly what the uninterrupted one would."""
+        seed = getattr(self, "_train_seed", torch.initial_seed())
+        key = ((seed * 1_000_003 + self.global_rank) * 1_000_000_007 + self.global_step) % (2**63 - 1)
+        return torch.Generator().manual_seed(key)
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
+        loss = self.loss(batch, generator=self.step_generator())
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at global step {self.global_step}; lower model.lr, enable "
@@ -158,8 +168,9 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema.update()
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update()  # here, not in on_train_batch_end: ModelCheckpoint saves before that hook
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         g = torch.Generator().manual_seed(10_000 + batch_idx)  # same t and noise every validation

@@ -139,6 +139,9 @@ class Sampler:
             u_T = process.prior_sample(noise.randn(process.state_shape))
         else:
             process.layout.check_state(u_T, "u_T")
+            if u_T.shape[0] != len(noise):
+                raise ValueError(f"u_T has batch size {u_T.shape[0]} but noise has {len(noise)} seeds; "
+                                 "give one seed per sample")
             u_T = u_T.to(device=noise.device, dtype=noise.dtype)
         counted = CountingEps(eps_fn, process)
         with torch.no_grad():

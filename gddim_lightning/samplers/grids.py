@@ -107,7 +107,14 @@ class ExplicitGrid(TimeGrid):
         self.times_list = [float(t) for t in times]
 
     def __call__(self, process: LinearSDE, n_steps: int | None = None, t_min: float | None = None) -> Tensor:
-        return check_grid(torch.tensor(self.times_list, dtype=torch.float64), process.T)
+        times = check_grid(torch.tensor(self.times_list, dtype=torch.float64), process.T)
+        if n_steps is not None and n_steps != times.numel() - 1:
+            raise ValueError(f"ExplicitGrid has {times.numel() - 1} steps but the sampler asks for {n_steps}; "
+                             "set the sampler's nfe to the grid's steps plus its denoising evaluation")
+        if t_min is not None and abs(t_min - times[-1].item()) > 1e-12 * max(1.0, t_min):
+            raise ValueError(f"ExplicitGrid ends at {times[-1].item():.6g} but the sampler's t_min is {t_min}; "
+                             "make them agree")
+        return times
 
 
 GRIDS = {"uniform": UniformGrid, "quadratic": QuadraticGrid, "logsnr": LogSNRGrid}

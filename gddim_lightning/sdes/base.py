@@ -7,7 +7,8 @@ A subclass gives three things, as float64 block tensors (see `BlockLayout`):
 * `Sigma0()`: the initial covariance ``[n, b, b]`` (positive definite for the numeric path).
 
 Everything a sampler needs is then derived here by accurate float64 numerics (adaptive 8th-order
-Dormand-Prince with dense output): the transition ``Psi(t, s)``, the marginal covariance
+Dormand-Prince: one dense forward solve for ``Psi(t, 0)`` and ``R``, and transitions between two
+times integrated pair by pair): the transition ``Psi(t, s)``, the marginal covariance
 ``Sigma_t``, the gDDIM factor ``R_t`` (``dR/dt = F R + 1/2 G G^T R^{-T}``), its Cholesky
 alternative ``L_t``, and the stochastic transition ``Psi^`` of ``F + (1 + lambda^2)/2 G G^T
 Sigma^{-1}``. VP, BDM and CLD override what has a closed form.
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .layout import BlockLayout
-from .ode import DenseBlockODE, solve_block_ode
+from .ode import DenseBlockODE, solve_block_ode, solve_pairwise_transitions
 
 
 def as_time(t: Any) -> Tensor:
@@ -54,7 +55,6 @@ class LinearSDE:
         self.layout = layout
         self.T = float(T)
         self._numeric: DenseBlockODE | None = None
-        self._psi_hat_cache: dict[float, tuple[float, DenseBlockODE]] = {}
         self.plan_cache: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ shape helpers
@@ -98,9 +98,9 @@ class LinearSDE:
     def psi(self, t: Tensor, s: Tensor) -> Tensor:
         """Transition matrix ``Psi(t, s)`` (``d/dt Psi = F_t Psi``, ``Psi(s, s) = I``)."""
         t, s = torch.broadcast_tensors(as_time(t), as_time(s))
-        Phi_t = self._solution()(t)[0]
-        Phi_s = self._solution()(s)[0]
-        return Phi_t @ torch.linalg.inv(Phi_s)
+        if not s.any():  # from time 0: the fundamental matrix of the joint forward solve
+            return self._solution()(t)[0]
+        return self._pairwise(lambda tau: self.F(torch.from_numpy(tau)).numpy(), t, s)
 
     def Sigma(self, t: Tensor) -> Tensor:
         """Marginal covariance ``Sigma_t`` given the data point (``R_t R_t^T``)."""
@@ -132,10 +132,13 @@ class LinearSDE:
     def psi_hat(self, t: Tensor, s: Tensor, lambda_: float) -> Tensor:
         """Transition of ``F + (1 + lambda^2)/2 G G^T Sigma^{-1}`` from ``s`` to ``t`` (gDDIM eq. for
         the stochastic step). ``lambda_ = 0`` gives ``R_t R_s^{-1}``."""
-        t, s = torch.broadcast_tensors(as_time(t), as_time(s))
-        lo = float(torch.minimum(t, s).min())
-        sol = self._psi_hat_solution(float(lambda_), lo)
-        return sol(t)[0] @ torch.linalg.inv(sol(s)[0])
+        c = 0.5 * (1.0 + float(lambda_) ** 2)
+
+        def A(tau: np.ndarray) -> np.ndarray:
+            tt = torch.from_numpy(tau)
+            return (self.F(tt) + c * self.GGT(tt) @ torch.linalg.inv(self.Sigma(tt))).numpy()
+
+        return self._pairwise(A, as_time(t), as_time(s))
 
     def log_snr(self, t: Tensor) -> Tensor:
         """A scalar log signal-to-noise ratio (for log-SNR time grids): ``log(|Psi(t,0)|^2 / Sigma_t)``
@@ -234,27 +237,11 @@ class LinearSDE:
             self._numeric = solve_block_ode(rhs, torch.stack([eye, R0]), 0.0, self.T, self.rtol, self.atol)
         return self._numeric
 
-    def _psi_hat_solution(self, lambda_: float, lo: float) -> DenseBlockODE:
-        """Dense solution of ``Phi' = F^ Phi`` backwards from ``Phi_T = I`` down to ``lo``.
-
-        ``Sigma^{-1} = R^{-T} R^{-1}`` is read from the forward dense ``R`` solution (integrating the
-        R ODE backwards is unstable).
-        """
-        cached = self._psi_hat_cache.get(lambda_)
-        if cached is not None and cached[0] <= lo:
-            return cached[1]
-        lo = min(lo, cached[0]) if cached else lo
-        c = 0.5 * (1.0 + lambda_**2)
-        eye = torch.eye(self.block_size, dtype=torch.float64).expand(self.n_blocks, -1, -1)
-
-        def rhs(t: float, Y: np.ndarray) -> np.ndarray:
-            F, GG = self._coeffs_np(t)
-            Rinv = np.linalg.inv(self._R_np(t))
-            return ((F + c * GG @ Rinv.swapaxes(-1, -2) @ Rinv) @ Y[0])[None]
-
-        sol = solve_block_ode(rhs, eye.unsqueeze(0).clone(), self.T, lo, self.rtol, self.atol)
-        self._psi_hat_cache[lambda_] = (lo, sol)
-        return sol
+    def _pairwise(self, A_fn, t: Tensor, s: Tensor) -> Tensor:
+        block = (self.n_blocks, self.block_size, self.block_size)
+        # errors are controlled at the scale of the identity each pair starts from: an entry's error
+        # times |u| is what reaches a sampler's state (tiny entries get no relative accuracy)
+        return solve_pairwise_transitions(A_fn, t, s, block, self.rtol, self.atol)
 
     def describe(self) -> str:
         return f"{type(self).__name__}(data_shape={self.data_shape}, T={self.T})"

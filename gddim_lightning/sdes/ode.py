@@ -55,3 +55,41 @@ def solve_block_ode(
     if not res.success:
         raise RuntimeError(f"float64 ODE solve failed on [{t0}, {t1}]: {res.message}")
     return DenseBlockODE(res.sol, shape, t0, t1, res.nfev)
+
+
+def solve_pairwise_transitions(
+    A_fn: Callable[[np.ndarray], np.ndarray],
+    t: Tensor,
+    s: Tensor,
+    block: tuple[int, int, int],
+    rtol: float,
+    atol: float,
+) -> Tensor:
+    """Transition matrices of ``dY/dtau = A(tau) Y`` from ``s`` to ``t`` for every pair, float64.
+
+    All distinct pairs are integrated together in normalised time ``x in [0, 1]``
+    (``tau = s + x (t - s)``), each from the identity: no product ``Phi(t) Phi(s)^{-1}`` of one global
+    solution, which loses all accuracy when the transition decays or is badly conditioned.
+
+    Args:
+        A_fn: ``tau [P] -> A [P, n, b, b]`` (numpy, vectorised over times).
+        t, s: broadcastable float64 time tensors.
+        block: ``(n, b, b)``.
+    """
+    t, s = torch.broadcast_tensors(torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64))
+    shape = t.shape
+    pairs, inverse = torch.unique(torch.stack([t.reshape(-1), s.reshape(-1)], -1), dim=0, return_inverse=True)
+    P = pairs.shape[0]
+    t1, s0 = pairs[:, 0].numpy(), pairs[:, 1].numpy()
+    h = t1 - s0
+    eye = np.broadcast_to(np.eye(block[-1]), (P, *block)).copy()
+
+    def f(x: float, y: np.ndarray) -> np.ndarray:
+        A = A_fn(s0 + x * h)
+        return (h[:, None, None, None] * (A @ y.reshape(P, *block))).reshape(-1)
+
+    res = solve_ivp(f, (0.0, 1.0), eye.reshape(-1), method="DOP853", rtol=rtol, atol=atol, t_eval=[1.0])
+    if not res.success:
+        raise RuntimeError(f"float64 transition solve failed: {res.message}")
+    out = torch.from_numpy(res.y[:, -1].reshape(P, *block).copy())
+    return out[inverse.reshape(-1)].reshape(*shape, *block)

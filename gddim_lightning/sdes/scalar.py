@@ -86,9 +86,7 @@ class ScalarBlockSDE(LinearSDE):
 def make_schedule(schedule: str, beta_min: float, beta_max: float) -> NoiseSchedule:
     if schedule == "linear":
         return LinearSchedule(beta_min, beta_max)
-    if schedule == "cosine":
-        return CosineSchedule()
-    if schedule == "cosine_gddim":
+    if schedule in ("cosine", "cosine_gddim"):
         return CosineSchedule(s=0.004, d=1.008)
     if schedule == "cosine_logsnr":
         return CosineLogSNRSchedule()
@@ -105,7 +103,8 @@ class VPSDE(ScalarBlockSDE):
 
     Args:
         data_shape: shape of one data sample, e.g. ``[2]`` or ``[1, 8, 8]``.
-        schedule: ``"linear"``, ``"cosine"`` (improved DDPM), ``"cosine_gddim"`` or ``"cosine_logsnr"``.
+        schedule: ``"linear"``, ``"cosine"`` (= ``"cosine_gddim"``: ``cos^2((t + 0.004)/1.008 pi/2)``, see
+            `CosineSchedule`) or ``"cosine_logsnr"`` (clipped cosine log-SNR of the BDM paper).
         beta_min: linear schedule ``beta(0)``.
         beta_max: linear schedule ``beta(1)``.
         T: terminal time.

@@ -52,15 +52,16 @@ class LinearSchedule(NoiseSchedule):
 class CosineSchedule(NoiseSchedule):
     """Cosine schedule ``a_t^2 = cos^2((t + s) / d * pi/2)`` (Nichol & Dhariwal 2021).
 
-    ``s=0.008, d=1.008`` is the improved-DDPM choice; ``s=0.004, d=1.008`` is the one the gDDIM code
-    used for BDM. Not renormalised at ``t = 0``, so ``sigma_0 > 0`` when ``s > 0``.
+    The improved-DDPM choice ``s = d - 1 = 0.008`` reaches ``a_1 = 0`` (infinite drift at ``T = 1``;
+    the discrete version clips ``beta``), so the default is the gDDIM code's ``s=0.004, d=1.008``
+    (``a_1 = 0.0062``). Not renormalised at ``t = 0``, so ``sigma_0 > 0`` when ``s > 0``.
 
     Args:
         s: time offset.
         d: time divisor (must exceed ``1 + s`` so that ``a_1 > 0``).
     """
 
-    def __init__(self, s: float = 0.008, d: float = 1.008) -> None:
+    def __init__(self, s: float = 0.004, d: float = 1.008) -> None:
         if not (s >= 0 and d > 1 + s - 1e-12 and (1 + s) / d < 1):
             raise ValueError(f"CosineSchedule needs s >= 0 and (1 + s)/d < 1 so a_1 > 0; got s={s}, d={d}")
         self.s = float(s)

@@ -1,0 +1,241 @@
+"""``python -m gddim_lightning predict``: seeds, `SampleWriter` outputs, refusal to overwrite, DDP shards.
+
+A tiny CLD model on the digits is trained for 2 steps once per module (configs/cld.yaml with small
+overrides); every predict runs in-process through ``gddim_lightning.cli.main`` except the DDP one,
+which is a clean subprocess (DDP re-launches the command line for rank 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gddim_lightning.cli import main
+from gddim_lightning.data import SeedDataModule
+from gddim_lightning.writer import SampleWriter, find_outputs, load_samples, to_uint8
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "configs" / "cld.yaml")
+NFE = 4
+# configs/cld.yaml shrunk for CI: a 2-level UNet with 8 base channels, no sampling callback
+MODEL = [
+    "--model.init_args.backbone.init_args.base_channels", "8",
+    "--model.init_args.backbone.init_args.num_res_blocks", "1",
+    "--model.init_args.sampler.init_args.nfe", str(NFE),
+]  # fmt: skip
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+         "--trainer.logger", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: with 2 cores shared by other jobs, OpenMP spinning makes tiny convs ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A 2-step checkpoint of the shrunk configs/cld.yaml."""
+    root = tmp_path_factory.mktemp("fit")
+    torch.set_num_threads(1)
+    main(["fit", "--config", CONFIG, *MODEL, *QUIET, "--trainer.callbacks=[]", "--trainer.max_steps", "2",
+          "--data.init_args.batch_size", "16", "--trainer.default_root_dir", str(root),
+          "--checkpoint.dirpath", str(root / "ckpt")])
+    path = root / "ckpt" / "last.ckpt"
+    assert path.is_file()
+    return path
+
+
+def predict(ckpt: Path | None, out: Path, *extra: str, root: Path | None = None) -> None:
+    args = ["predict", "--config", CONFIG, *MODEL, *QUIET, "--trainer.callbacks=[]",
+            "--trainer.default_root_dir", str(root or out.parent), "--predict.out_dir", str(out), *extra]
+    if ckpt is not None:
+        args += ["--ckpt_path", str(ckpt)]
+    main(args)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------- seeds
+def test_seed_data_module_lists_seeds():
+    dm = SeedDataModule(num_samples=7, seed=5, batch_size=3)
+    batches = list(dm.predict_dataloader())
+    assert [b.tolist() for b in batches] == [[5, 6, 7], [8, 9, 10], [11]]
+    assert all(b.dtype == torch.int64 for b in batches)
+    with pytest.raises(ValueError, match="num_samples"):
+        SeedDataModule(num_samples=0)
+
+
+# ---------------------------------------------------------------------------------------- outputs
+def test_predict_writes_npz_png_grid_and_meta(ckpt, tmp_path):
+    out = tmp_path / "samples"
+    predict(ckpt, out, "--predict.num_samples", "6", "--predict.batch_size", "4", "--predict.seed", "10",
+            "--predict.format", "[npz,png,grid]")
+    x, s = load_samples(out)
+    assert x.dtype == np.float32 and x.shape == (6, 1, 8, 8)
+    assert np.isfinite(x).all()
+    assert s.tolist() == list(range(10, 16))
+    with np.load(out / "samples_rank0.npz") as z:
+        assert z["seeds"].dtype == np.int64
+    pngs = sorted(out.glob("0*.png"))
+    assert [p.name for p in pngs] == [f"{k:06d}.png" for k in range(10, 16)]
+    for p, img in zip(pngs, to_uint8(x)):
+        assert np.array_equal(np.asarray(Image.open(p)), img[..., 0])
+    assert Image.open(out / "grid.png").size[0] > 8
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary file
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["checkpoint"] == str(ckpt.resolve())
+    assert meta["nfe"] == NFE and f"nfe={NFE}" in meta["sampler"] and meta["sampler"].startswith("GDDIM(")
+    assert meta["num_samples"] == 6 and meta["world_size"] == 1 and meta["shards"] == ["samples_rank0.npz"]
+    assert meta["seeds"] == {"first": 10, "last": 15, "count": 6, "contiguous": True, "duplicates": 0}
+    assert meta["data_shape"] == [1, 8, 8] and meta["formats"] == ["npz", "png", "grid"]
+    assert meta["model"] == "gddim_lightning.module.CLDModule"
+    assert set(meta["versions"]) >= {"gddim_lightning", "torch", "lightning"}
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["time_taken_s"] >= 0
+    assert meta["request"] == {"num_samples": 6, "seed": 10, "batch_size": 4}
+
+
+def test_predict_refuses_existing_outputs_then_overwrite(ckpt, tmp_path, capsys):
+    out = tmp_path / "samples"
+    predict(ckpt, out, "--predict.num_samples", "5", "--predict.format", "[npz,png]")
+    before = digest(out)
+    assert len(before) == 7  # 5 PNGs, one shard, meta.json
+
+    with pytest.raises(SystemExit) as err:
+        predict(ckpt, out, "--predict.num_samples", "3")
+    assert err.value.code != 0
+    msg = capsys.readouterr().err
+    assert str(out) in msg and "--predict.overwrite true" in msg
+    assert digest(out) == before  # nothing touched
+
+    predict(ckpt, out, "--predict.num_samples", "3", "--predict.seed", "100", "--predict.overwrite", "true")
+    x, s = load_samples(out)
+    assert s.tolist() == [100, 101, 102]
+    assert not list(out.glob("00000*.png"))  # the earlier run's outputs are gone (format npz only now)
+    assert json.loads((out / "meta.json").read_text())["num_samples"] == 3
+
+
+def test_writer_refuses_in_setup_before_sampling(tmp_path):
+    """The writer's own check (also without the CLI) fires in setup, before predict_step runs."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "meta.json").write_text("{}")
+    (out / "notes.txt").write_text("unrelated files are fine")
+    calls = []
+
+    class Model(L.LightningModule):
+        data_shape = (2,)
+
+        def predict_step(self, batch, batch_idx):
+            calls.append(batch_idx)
+            return {"samples": torch.zeros(len(batch), 2), "seeds": batch, "nfe": torch.tensor(1)}
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        callbacks=[SampleWriter(out, "npz")])
+    with pytest.raises(FileExistsError, match="overwrite"):
+        trainer.predict(Model(), datamodule=SeedDataModule(4, batch_size=2), return_predictions=False)
+    assert calls == [] and (out / "meta.json").read_text() == "{}"
+    assert [p.name for p in find_outputs(out)] == ["meta.json"]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                        callbacks=[SampleWriter(tmp_path / "p", "png")])
+    with pytest.raises(ValueError, match="png"):  # one PNG per sample is for images only
+        trainer.predict(Model(), datamodule=SeedDataModule(2), return_predictions=False)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        predict(tmp_path / "nope.ckpt", tmp_path / "o")
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "nope.ckpt" in msg and "no such checkpoint file" in msg
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------- seeding
+def test_samples_depend_on_seed_only(ckpt, tmp_path):
+    """Per-sample seeding: an untrained UNet outputs exactly zero, so samples are bit-identical across
+    batch sizes. A trained one agrees to float32 round-off only: CPU GEMM / conv kernels are not
+    batch-size invariant (a row of a matmul can round differently in a batch of 1 and of 7)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    predict(None, a, "--predict.num_samples", "7", "--predict.batch_size", "7")
+    predict(None, b, "--predict.num_samples", "7", "--predict.batch_size", "2")
+    xa, sa = load_samples(a)
+    xb, sb = load_samples(b)
+    assert np.array_equal(sa, sb) and np.array_equal(xa, xb)
+
+    c, d = tmp_path / "c", tmp_path / "d"
+    predict(ckpt, c, "--predict.num_samples", "7", "--predict.batch_size", "7")
+    predict(ckpt, d, "--predict.num_samples", "7", "--predict.batch_size", "1")
+    xc, _ = load_samples(c)
+    xd, _ = load_samples(d)
+    # float32 round-off of batch-size dependent kernels, amplified over NFE steps: ~1e-5 relative
+    assert np.abs(xc - xd).max() <= 1e-4 * max(1.0, float(np.abs(xc).max()))
+    # a different seed gives a different sample
+    assert not np.allclose(xc[0], xc[1])
+
+
+# ---------------------------------------------------------------------------------------- DDP
+_DIST_VARS = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+              "MASTER_PORT", "CUDA_VISIBLE_DEVICES"}
+_DIST_PREFIXES = ("PYTEST_", "PL_", "TORCHELASTIC_", "SLURM_")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith(_DIST_PREFIXES)}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        env["MASTER_PORT"] = str(sock.getsockname()[1])
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def test_ddp_predict_writes_one_shard_per_rank(ckpt, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "gddim_lightning", "predict", "--config", CONFIG, *MODEL, *QUIET,
+           "--trainer.callbacks=[]", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt),
+           "--predict.out_dir", str(out), "--predict.num_samples", "7", "--predict.batch_size", "1",
+           "--predict.format", "[npz,grid]",
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    shards = {}
+    for r in (0, 1):
+        with np.load(out / f"samples_rank{r}.npz") as z:
+            shards[r] = (z["samples"], z["seeds"])
+    assert shards[0][1].tolist() == [0, 2, 4, 6] and shards[1][1].tolist() == [1, 3, 5]  # no padding
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["num_samples"] == 7
+    assert meta["seeds"] == {"first": 0, "last": 6, "count": 7, "contiguous": True, "duplicates": 0}
+    assert (out / "grid.png").is_file()
+
+    # Batch size 1 on both sides, so the same kernels run: the shards equal one process bit for bit.
+    # (With other batch sizes they agree to float32 round-off: see test_samples_depend_on_seed_only.)
+    single = tmp_path / "single"
+    predict(ckpt, single, "--predict.num_samples", "7", "--predict.batch_size", "1")
+    xs, ss = load_samples(single)
+    xd, sd = load_samples(out)
+    assert np.array_equal(ss, sd)
+    assert np.abs(xd - xs).max() <= 1e-5 * max(1.0, float(np.abs(xs).max()))
+    assert np.array_equal(xd, xs)
