@@ -308,14 +308,19 @@ def matching(runs: list[dict], floor: dict, metric: str) -> dict:
     out["target"] = max(raw, band)
     out["target_at_floor"] = raw < band
     out["best_target"] = max(best_raw, band)
+    out["floor_mean"] = floor[metric]["mean"]
     for key, curve in curves.items():
         if key == TARGET:
             continue
+        # "strict": the measured gDDIM value itself, raised only to the level this baseline converges to
+        # in expectation (c for deterministic samplers, the floor mean for stochastic ones); noisier.
+        level = floor[metric]["mean"] if (SPEC.get(key) and SPEC[key].stochastic) else converged
         row = {}
-        for name, tgt in (("vs_o2", out["target"]), ("vs_best", out["best_target"])):
+        for name, tgt in (("band", out["target"]), ("strict", max(raw, level)),
+                          ("best_band", out["best_target"]), ("best_strict", max(best_raw, level))):
             kind, nfe = nfe_to_reach(curve, tgt)
-            row[name] = {"kind": kind, "nfe": nfe, "ratio": None if nfe is None else nfe / TARGET_NFE,
-                         "text": fmt_match(kind, nfe)}
+            row[name] = {"target": tgt, "kind": kind, "nfe": nfe,
+                         "ratio": None if nfe is None else nfe / TARGET_NFE, "text": fmt_match(kind, nfe)}
         out["rows"][key] = row
     return out
 
@@ -421,7 +426,19 @@ def error_table(res: dict, metric: str, grid: list[int]) -> list[str]:
     return lines + ["", "; ".join(foot) + "."]
 
 
-def summary_table(results: dict, metric: str, which: str) -> list[str]:
+def _cell(c: dict) -> str:
+    ratio = c["ratio"]
+    if ratio is None:
+        return c["text"]
+    if c["kind"] == "gt":
+        return f"{c['text']} (>{ratio:.0f}x)"
+    if c["kind"] == "le":
+        return f"{c['text']} (<={ratio:.1f}x)"
+    return f"{c['text']} ({ratio:.1f}x)"
+
+
+def summary_table(results: dict, metric: str, best: bool = False) -> list[str]:
+    """Rows: baselines; columns: settings; cells: 'band (ratio) / strict (ratio)'."""
     keys = list(results)
     head = "| baseline | " + " | ".join(results[k]["label"] for k in keys) + " |"
     lines = [head, "|---|" + "---|" * len(keys)]
@@ -431,19 +448,18 @@ def summary_table(results: dict, metric: str, which: str) -> list[str]:
         if not m:
             tgt.append("n/a")
             continue
-        raw = m["target_raw"] if which == "vs_o2" else m["best_order_raw"]
-        eff = m["target"] if which == "vs_o2" else m["best_target"]
-        name = "" if which == "vs_o2" else f"{LABELS[m['best_order_sampler']].replace(' (R)', '')}: "
+        raw = m["best_order_raw"] if best else m["target_raw"]
+        eff = m["best_target"] if best else m["target"]
+        name = f"{LABELS[m['best_order_sampler']].replace(' (R)', '')}: " if best else ""
         if raw < m["floor_band"]:
-            tgt.append(f"{name}{fmt_val(raw, metric)}, *at floor* -> {fmt_val(eff, metric)}")
+            tgt.append(f"{name}{fmt_val(raw, metric)} (*at floor*; band {fmt_val(eff, metric)})")
         else:
-            tgt.append(f"{name}{fmt_val(raw, metric)}")
-    lines.append("| *gDDIM @ NFE 20 (target)* | " + " | ".join(tgt) + " |")
+            tgt.append(f"{name}{fmt_val(raw, metric)} (resolved)")
+    lines.append(f"| *gDDIM @ NFE {TARGET_NFE}* | " + " | ".join(tgt) + " |")
     order = [s.key for s in SAMPLERS] + ["rk45"]
     present = [s for s in order if any(s in results[k]["matching"][metric].get("rows", {}) for k in keys)]
     for s in present:
-        if which == "vs_best" and s not in ("em", "pf-euler", "heun", "rk45", "sscs", "ancestral",
-                                            "gddim-sto", "gddim-L-o1", "gddim-L-o2"):
+        if best and SPEC.get(s) is not None and SPEC[s].gddim:
             continue
         cells = []
         for k in keys:
@@ -451,11 +467,8 @@ def summary_table(results: dict, metric: str, which: str) -> list[str]:
             if row is None:
                 cells.append("-")
                 continue
-            c = row[which]
-            ratio = c["ratio"]
-            rt = "" if ratio is None else (f" (>{ratio:.0f}x)" if c["kind"] == "gt" else
-                                            f" (<={ratio:.1f}x)" if c["kind"] == "le" else f" ({ratio:.1f}x)")
-            cells.append(c["text"] + rt)
+            b, st = (row["best_band"], row["best_strict"]) if best else (row["band"], row["strict"])
+            cells.append(f"{_cell(b)} / {_cell(st)}")
         lines.append(f"| {LABELS[s]} | " + " | ".join(cells) + " |")
     return lines
 
@@ -495,25 +508,30 @@ def write_markdown(path: Path, payload: dict) -> None:
          "",
          "## Key summary: NFE each baseline needs to match gDDIM (order 2) at NFE 20",
          "",
-         f"Target = SW of gDDIM q=2 (R) at NFE {TARGET_NFE}. Where that is inside the noise band it cannot be "
-         "resolved, and the target becomes the band's edge: the NFE a baseline needs to become statistically "
-         "indistinguishable from the exact distribution, as gDDIM already is at NFE 20 (marked *at floor*). "
-         f"Band = max(floor mean, c) + {FLOOR_SIGMAS:g} floor std, where c is the error of the converged "
-         "deterministic solution (gDDIM q=3 at its largest NFE): every deterministic sampler converges to c, "
-         "the floor of the shared initial noise, rather than to the floor mean. "
+         f"Each cell gives two NFEs, **band / strict**, with the ratio to {TARGET_NFE} in brackets. "
+         f"**band**: the target is the error of gDDIM q=2 (R) at NFE {TARGET_NFE}, but where that lies inside the "
+         f"noise band (max(floor mean, c) + {FLOOR_SIGMAS:g} floor std; c = error of the converged deterministic "
+         "solution, gDDIM q=3 at its largest NFE, the level every deterministic sampler converges to with the "
+         "shared initial noise) it cannot be resolved and the target becomes the band's edge: the NFE the baseline "
+         "needs to become statistically indistinguishable from exact sampling, as gDDIM already is at NFE 20 "
+         "(*at floor* in the first row). This is robust but, at the floor, only a lower bound on gDDIM's advantage. "
+         "**strict**: the target is gDDIM's measured error itself, raised only to the level the baseline converges "
+         "to in expectation (c for deterministic baselines, the floor mean for stochastic ones); closer to the "
+         "question asked, but a crossing inside the noise band is partly luck. "
          "NFE found by log-log interpolation at the *first* crossing of the baseline's error curve "
-         f"(generous to noisy baselines); '>N' = never reached up to the largest NFE tried; ratio = NFE / {TARGET_NFE}. "
-         "The paper claims >20x fewer NFE than Euler-Maruyama / ancestral baselines.",
+         f"(generous to noisy baselines); '>N' = never reached up to the largest NFE tried. "
+         "The paper claims >20x fewer NFE than Euler-Maruyama / ancestral baselines (CIFAR-10, learned networks, "
+         "FID).",
          "",
-         *summary_table(results, "sw", "vs_o2"),
+         *summary_table(results, "sw"),
          "",
          "Same, against the best deterministic gDDIM order at NFE 20 (SW):",
          "",
-         *summary_table(results, "sw", "vs_best"),
+         *summary_table(results, "sw", best=True),
          "",
          "Same, with the Frechet distance as the error (target gDDIM q=2 at NFE 20):",
          "",
-         *summary_table(results, "fd", "vs_o2"),
+         *summary_table(results, "fd"),
          ""]
     for k, res in results.items():
         L += [f"## {res['label']}  (`{k}`)", "",
@@ -604,39 +622,39 @@ def _json_safe(obj):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     p.add_argument("--quick", action="store_true",
                    help="~1-minute smoke run (small sample sets and NFE grid); writes *_quick.* files")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder (default: benchmarks/results)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument("--settings", nargs="+", default=[s.key for s in SETTINGS], choices=[s.key for s in SETTINGS],
-                   help="process x data settings to run")
+                   help="process x data settings to run (default: all)")
     p.add_argument("--nfe", type=int, nargs="+", default=None,
                    help="NFE grid (default 10 20 50 100 200 500 1000; quick: 10 20 50 100)")
     p.add_argument("--rk45-tol", type=float, nargs="+", default=None,
-                   help="RK45 tolerances (rtol = atol) (default 1e-2 1e-3 1e-4 1e-5; quick: 1e-2 1e-3)")
+                   help="RK45 tolerances (rtol = atol) (default 1e-1 1e-2 1e-3 1e-4 1e-5; quick: 1e-1 1e-2)")
     p.add_argument("--n-2d", type=int, default=None, help="samples per sampler on 2-D data (default 20000; quick 2000)")
     p.add_argument("--n-img", type=int, default=None, help="samples per sampler on images (default 5000; quick 500)")
     p.add_argument("--floor-reps", type=int, default=None, help="replicates of the noise floor (default 10; quick 3)")
     p.add_argument("--no-caps", action="store_true",
                    help="run every sampler on the whole NFE grid (by default converged samplers skip large NFEs)")
-    p.add_argument("--mixture-std", type=float, default=0.15, help="component std of the mixtures")
-    p.add_argument("--mixture-seed", type=int, default=0, help="seed of the mixture (image means)")
+    p.add_argument("--mixture-std", type=float, default=0.15, help="component std of the mixtures (default: 0.15)")
+    p.add_argument("--mixture-seed", type=int, default=0, help="seed of the mixture's image means (default: 0)")
     p.add_argument("--bdm-sigma-blur-max", type=float, default=5.0,
-                   help="BDM maximal blur in pixels (paper: 20 for 32x32; 5 = same attenuation on 8x8)")
+                   help="BDM maximal blur in pixels (default: 5, the attenuation the paper's 20 gives 32x32 images)")
     p.add_argument("--oracle", choices=("fast", "package"), default="fast",
                    help="'fast': shared-covariance exact eps (verified against the package oracle); "
-                        "'package': gddim_lightning.oracles (slower)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of references, initial and sampler noise")
+                        "'package': gddim_lightning.oracles (slower) (default: fast)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of references, initial and sampler noise (default: 0)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 is fastest when other jobs share the cores)")
+                   help="torch CPU threads (default: 1, fastest when other jobs share the cores)")
     a = p.parse_args(argv)
     q = a.quick
     a.nfe = a.nfe or ([10, 20, 50, 100] if q else [10, 20, 50, 100, 200, 500, 1000])
     a.nfe = sorted(set(a.nfe))
     if TARGET_NFE not in a.nfe:
         p.error(f"the NFE grid must contain {TARGET_NFE} (the gDDIM reference point)")
-    a.rk45_tol = a.rk45_tol or ([1e-2, 1e-3] if q else [1e-2, 1e-3, 1e-4, 1e-5])
+    a.rk45_tol = a.rk45_tol or ([1e-1, 1e-2] if q else [1e-1, 1e-2, 1e-3, 1e-4, 1e-5])
     a.n_2d = a.n_2d or (2000 if q else 20000)
     a.n_img = a.n_img or (500 if q else 5000)
     a.floor_reps = a.floor_reps or (3 if q else 10)

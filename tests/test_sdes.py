@@ -398,7 +398,13 @@ def _fast_numeric_vp_cosine():
         F, G = LinearSDE._coeffs_np(p, t)
         np.testing.assert_allclose(F[0, 0, 0], ref.f(t)[0], rtol=1e-12)
         np.testing.assert_allclose(G[0, 0, 0], ref.g2(t)[0], rtol=1e-12)
-    p._coeffs_np = lambda t: (ref.f(t)[:, None, None], ref.g2(t)[:, None, None])
+    def coeffs(t):  # the package's contract: times [*S] -> [*S, n, b, b]; a float -> [n, b, b]
+        ts = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        F = np.stack([ref.f(x) for x in ts])[..., None, None]
+        G = np.stack([ref.g2(x) for x in ts])[..., None, None]
+        return (F[0], G[0]) if np.ndim(t) == 0 else (F, G)
+
+    p._coeffs_np = coeffs
     return p, ref
 
 

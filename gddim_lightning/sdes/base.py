@@ -100,7 +100,7 @@ class LinearSDE:
         t, s = torch.broadcast_tensors(as_time(t), as_time(s))
         if not s.any():  # from time 0: the fundamental matrix of the joint forward solve
             return self._solution()(t)[0]
-        return self._pairwise(lambda tau: self.F(torch.from_numpy(tau)).numpy(), t, s)
+        return self._pairwise(lambda tau: self._coeffs_np(tau)[0], t, s)
 
     def Sigma(self, t: Tensor) -> Tensor:
         """Marginal covariance ``Sigma_t`` given the data point (``R_t R_t^T``)."""
@@ -135,8 +135,8 @@ class LinearSDE:
         c = 0.5 * (1.0 + float(lambda_) ** 2)
 
         def A(tau: np.ndarray) -> np.ndarray:
-            tt = torch.from_numpy(tau)
-            return (self.F(tt) + c * self.GGT(tt) @ torch.linalg.inv(self.Sigma(tt))).numpy()
+            F, GG = self._coeffs_np(tau)
+            return F + c * GG @ np.linalg.inv(self.Sigma(torch.from_numpy(tau)).numpy())
 
         return self._pairwise(A, as_time(t), as_time(s))
 
@@ -203,9 +203,10 @@ class LinearSDE:
         return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
 
     # ------------------------------------------------------------------ numerics
-    def _coeffs_np(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(F_t, G_t G_t^T)`` at one time as numpy ``[n, b, b]`` (override for speed)."""
-        tt = torch.tensor(t, dtype=torch.float64)
+    def _coeffs_np(self, t: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(F_t, G_t G_t^T)`` as numpy ``[*S, n, b, b]`` for times of shape ``[*S]`` (a float gives
+        ``[n, b, b]``). The ODE right-hand sides call this; override it for speed."""
+        tt = torch.as_tensor(t, dtype=torch.float64)
         return self.F(tt).numpy(), self.GGT(tt).numpy()
 
     def _R_np(self, t: float) -> np.ndarray:

@@ -81,8 +81,8 @@ class CLD(LinearSDE):
     def GGT(self, t: Tensor) -> Tensor:
         return self.beta(t)[..., None, None, None] * self.GG0.expand(1, 2, 2)
 
-    def _coeffs_np(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        beta = self.beta0 + self.beta_slope * t
+    def _coeffs_np(self, t: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        beta = (self.beta0 + self.beta_slope * np.asarray(t, dtype=np.float64))[..., None, None, None]
         return beta * self._F0_np, beta * self._GG0_np
 
     def Sigma0(self) -> Tensor:

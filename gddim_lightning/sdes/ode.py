@@ -73,7 +73,8 @@ def solve_pairwise_transitions(
 
     Args:
         A_fn: ``tau [P] -> A [P, n, b, b]`` (numpy, vectorised over times).
-        t, s: broadcastable float64 time tensors.
+        t: end times (float64, broadcastable with ``s``).
+        s: start times.
         block: ``(n, b, b)``.
     """
     t, s = torch.broadcast_tensors(torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64))
