@@ -128,7 +128,7 @@ def multistep_coefficients(process: LinearSDE, times: Tensor, order: int, kind: 
             nodes = torch.stack([times[i - j] for j in range(q)], -1)  # [G, q]
             tau, w = _gauss_legendre(tp, t, quad)  # [G, m]
             l, dl = _lagrange(nodes, tau)
-            psi = process.psi(tp.unsqueeze(-1).expand_as(tau), tau)  # [G, m, n, b, b]
+            psi = process.psi(tp.unsqueeze(-1), tau)  # [G, m, n, b, b] (t broadcast: no repeated work)
             if kind == "R":
                 # C_ij = R_{t'} l_j(t') - delta_j0 Psi(t', t) R_t + int_{t'}^{t} Psi(t', tau) R_tau l_j'(tau)
                 integrand = bmm(psi, process.R(tau))

@@ -123,7 +123,8 @@ class CLD(LinearSDE):
         t = as_time(t)
         B = self.B(t, torch.zeros_like(t))
         P = self._expF0(B)
-        S = P @ self.Sigma0()[0] @ P.transpose(-1, -2) + self._Q(B)
+        d = torch.diagonal(self.Sigma0()[0])  # Sigma0 is diagonal: P diag(d) P^T elementwise (no tiny bmm)
+        S = (P[..., :, None, :] * P[..., None, :, :] * d).sum(-1) + self._Q(B)
         return S.unsqueeze(-3)
 
     def describe(self) -> str:

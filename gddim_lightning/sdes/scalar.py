@@ -178,12 +178,21 @@ class BDM(ScalarBlockSDE):
         self.min_scale = float(min_scale)
         self.freqs = dct_frequencies(data_shape[1], data_shape[2]).reshape(-1)
 
-    def log_blur(self, t: Tensor) -> Tensor:
-        """``log d_{t,k}`` as ``[*S, H*W]``."""
+    def blur(self, t: Tensor) -> Tensor:
+        """Frequency scales ``d_{t,k}`` as ``[*S, H*W]``."""
         sigma_b = self.sigma_blur_max * torch.sin(t * torch.pi / 2) ** 2
         tau = 0.5 * sigma_b**2
-        d = (1 - self.min_scale) * torch.exp(-self.freqs * tau.unsqueeze(-1)) + self.min_scale
-        return torch.log(d)
+        return (1 - self.min_scale) * torch.exp(-self.freqs * tau.unsqueeze(-1)) + self.min_scale
+
+    def log_blur(self, t: Tensor) -> Tensor:
+        """``log d_{t,k}`` as ``[*S, H*W]``."""
+        return torch.log(self.blur(t))
+
+    def psi(self, t: Tensor, s: Tensor) -> Tensor:
+        # ratio form: one exp per element instead of exp(log m_t - log m_s) (the plan's hot spot)
+        t, s = as_time(t), as_time(s)
+        a = torch.exp(0.5 * (self.schedule.log_alpha2(t) - self.schedule.log_alpha2(s)))
+        return (a.unsqueeze(-1) * (self.blur(t) / self.blur(s)))[..., None, None]
 
     def log_mean_scale(self, t: Tensor) -> Tensor:
         return 0.5 * self.schedule.log_alpha2(t).unsqueeze(-1) + self.log_blur(t)
