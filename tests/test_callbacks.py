@@ -26,15 +26,6 @@ TINY_UNET = functools.partial(UNet, base_channels=8, channel_mult=[1], num_res_b
 TINY_MLP = functools.partial(MLP, hidden=32, depth=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions are far slower with 2 OpenMP threads on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def read_events(root: Path) -> tuple[dict[str, list], dict[str, list]]:
     """All scalar and image events under ``root``: ``{tag: [event, ...]}``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -31,15 +31,6 @@ def tiny(name: str) -> list[str]:
     return TINY_TOY if name.startswith("toy") else TINY_UNET
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 cores shared by other jobs, OpenMP spinning makes tiny convs ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

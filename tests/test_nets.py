@@ -11,15 +11,6 @@ from gddim_lightning.nets.embeddings import broadcast_time
 from gddim_lightning.nets.unet import _AttnBlock, group_count
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and robust to a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

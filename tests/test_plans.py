@@ -32,14 +32,6 @@ from gddim_lightning.sdes import BDM, CLD, VPSDE
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tt(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=F64)
 

@@ -40,20 +40,10 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
          "--trainer.logger", "false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 cores shared by other jobs, OpenMP spinning makes tiny convs ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A 2-step checkpoint of the shrunk configs/cld.yaml."""
     root = tmp_path_factory.mktemp("fit")
-    torch.set_num_threads(1)
     main(["fit", "--config", CONFIG, *MODEL, *QUIET, "--trainer.callbacks=[]", "--trainer.max_steps", "2",
           "--data.init_args.batch_size", "16", "--trainer.default_root_dir", str(root),
           "--checkpoint.dirpath", str(root / "ckpt")])

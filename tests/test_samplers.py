@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from gddim_lightning.oracles import Gaussian, GaussianMixture, PointMass, ring_mixture
+from gddim_lightning.oracles import PointMass, ring_mixture
 from gddim_lightning.samplers import (
     GDDIM,
     RK45,
@@ -34,14 +34,6 @@ from gddim_lightning.samplers import (
 from gddim_lightning.sdes import BDM, CLD, VPSDE
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tt(x) -> torch.Tensor:

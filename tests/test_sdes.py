@@ -33,16 +33,6 @@ from gddim_lightning.sdes import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny float64 linear algebra: one intra-op thread is much faster (batched 2x2 Cholesky with 2
-    threads costs ~10 ms a call on this machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tt(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=F64)
 
