@@ -77,13 +77,18 @@ def fid_of(fid, x):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--run", nargs=3, action="append", metavar=("NAME", "CONFIG", "CKPT"), required=True)
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--samplers", nargs="+", default=None,
+                    help="only these sampler labels, e.g. 'gDDIM q=2' Euler-Maruyama 'RK45 tol 1e-3'")
     ap.add_argument("--out", default="benchmarks/results/digits_fid")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     for suffix in (".json", ".md"):
         if out.with_suffix(suffix).exists() and not args.overwrite:
@@ -103,6 +108,8 @@ def main() -> None:
         model = load_model(config, ckpt)
         rows = []
         for label, sampler in samplers_for(model.process, args.nfe):
+            if args.samplers and label not in args.samplers:
+                continue
             t0 = time.time()
             res = model.sample(seeds, sampler, batch_size=args.batch_size)
             dt = time.time() - t0
@@ -110,7 +117,7 @@ def main() -> None:
             rows.append({"sampler": label, "nfe": res.nfe, "fid": value, "seconds": dt})
             print(f"{name:4s} {label:16s} nfe={res.nfe:5d} fid={value:8.3f} {dt:6.1f}s", flush=True)
         results["runs"][name] = {"config": config, "ckpt": ckpt, "rows": rows,
-                                 "timing": throughput(model, args.batch_size)}
+                                 "timing": throughput(model, 256)}
     results["seconds"] = time.time() - t_all
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))

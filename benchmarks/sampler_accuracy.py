@@ -52,7 +52,7 @@ from torch import Tensor
 from gddim_lightning.evaluation.points import frechet_distance, gaussian_moment_error, sliced_wasserstein
 from gddim_lightning.oracles import GaussianMixture, ring_mixture
 from gddim_lightning.samplers import (
-    GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, ProbabilityFlowEuler, SampleNoise, Sampler,
+    GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, ProbabilityFlowEuler, QuadraticGrid, SampleNoise, Sampler,
 )
 from gddim_lightning.sdes import BDM, CLD, VPSDE, LinearSDE, ScalarBlockSDE
 from gddim_lightning.sdes.base import as_time
@@ -212,15 +212,22 @@ SAMPLERS = [
                 style=dict(color="#8c564b", marker="o", ls=":")),
     SamplerSpec("gddim-L-o2", "gDDIM q=2 (L)", lambda n: GDDIM(n, order=2, K="L"), applies=is_cld, max_nfe=500,
                 style=dict(color="#e377c2", marker="s", ls=":")),
-    SamplerSpec("em", "Euler-Maruyama lambda=1", lambda n: EulerMaruyama(n, lambda_=1.0), stochastic=True,
+    SamplerSpec("em", "Euler-Maruyama lambda=1 (uniform)", lambda n: EulerMaruyama(n, lambda_=1.0), stochastic=True,
                 style=dict(color="#2ca02c", marker="D", ls="--")),
-    SamplerSpec("pf-euler", "prob. flow Euler", lambda n: ProbabilityFlowEuler(n), img_max_nfe=500,
+    SamplerSpec("em-quad", "Euler-Maruyama lambda=1 (quadratic)",
+                lambda n: EulerMaruyama(n, lambda_=1.0, grid=QuadraticGrid()), stochastic=True,
+                style=dict(color="#2ca02c", marker="d", ls="-.", mfc="none")),
+    SamplerSpec("pf-euler", "prob. flow Euler (uniform)", lambda n: ProbabilityFlowEuler(n), img_max_nfe=500,
                 style=dict(color="#ff7f0e", marker="x", ls="--")),
-    SamplerSpec("heun", "prob. flow Heun", lambda n: Heun(n), nfe_of=lambda n: n + 1, max_nfe=200,
+    SamplerSpec("pf-euler-quad", "prob. flow Euler (quadratic)", lambda n: ProbabilityFlowEuler(n, grid=QuadraticGrid()),
+                img_max_nfe=500, style=dict(color="#ff7f0e", marker="X", ls="-.", mfc="none")),
+    SamplerSpec("heun", "prob. flow Heun (uniform)", lambda n: Heun(n), nfe_of=lambda n: n + 1, max_nfe=200,
                 style=dict(color="#bcbd22", marker="P", ls="--")),
-    SamplerSpec("sscs", "SSCS (CLD)", lambda n: SSCS(n), applies=is_cld, stochastic=True,
+    SamplerSpec("heun-quad", "prob. flow Heun (quadratic)", lambda n: Heun(n, grid=QuadraticGrid()),
+                nfe_of=lambda n: n + 1, max_nfe=200, style=dict(color="#bcbd22", marker="p", ls="-.", mfc="none")),
+    SamplerSpec("sscs", "SSCS (CLD, quadratic)", lambda n: SSCS(n), applies=is_cld, stochastic=True,
                 style=dict(color="#7f7f7f", marker="*", ls="--")),
-    SamplerSpec("ancestral", "Ancestral (DDPM/BDM)", lambda n: Ancestral(n), applies=is_scalar, stochastic=True,
+    SamplerSpec("ancestral", "Ancestral (DDPM/BDM, uniform)", lambda n: Ancestral(n), applies=is_scalar, stochastic=True,
                 style=dict(color="#000000", marker="*", ls="--")),
 ]
 RK45_STYLE = dict(color="#aec7e8", marker="h", ls="-.")
@@ -501,7 +508,10 @@ def write_markdown(path: Path, payload: dict) -> None:
          "(the paper's 20 is for 32x32; blur is in pixels, and 20 * 8/32 = 5 gives 8x8 images the same "
          "per-frequency attenuation, e.g. d = 0.15 on the lowest non-constant frequency at t = 1). "
          "Samplers use their package defaults (grids: gDDIM and SSCS quadratic; Euler-Maruyama, Euler, Heun and "
-         "ancestral uniform; t_min = 1e-3; final step: Tweedie for gDDIM and ancestral, Euler otherwise). "
+         "ancestral uniform; t_min = 1e-3; final step: Tweedie for gDDIM and ancestral, Euler otherwise); "
+         "Euler-Maruyama, Euler and Heun are also run on gDDIM's quadratic grid, to separate the effect of the "
+         "grid from that of the integrator. On VP and BDM the ancestral sampler *is* stochastic gDDIM "
+         "(lambda = 1) on another grid, so 'gDDIM stoch. lambda=1' doubles as ancestral on the quadratic grid. "
          f"To keep the run short, samplers that converge early skip the largest NFEs: {caps_text(cfg)} "
          "(empty cells). On VP and BDM, L_t = R_t, so the "
          "K='L' variant is only run on CLD.",
@@ -574,11 +584,11 @@ def write_plot(path: Path, payload: dict, metric: str) -> None:
             lw = style.pop("lw", 1.4)
             xs = [p[0] for p in pts]
             ys = [p[1] if math.isfinite(p[1]) else np.nan for p in pts]
-            (h,) = ax.plot(xs, ys, ls=ls, marker=marker, color=color, lw=lw, ms=5, label=LABELS[s])
+            (h,) = ax.plot(xs, ys, ls=ls, marker=marker, color=color, lw=lw, ms=5, label=LABELS[s], **style)
             handles[LABELS[s]] = h
         ax.axhline(fl["mean"], color="0.3", lw=1.2, ls=(0, (1, 1)))
-        band = ax.axhspan(max(fl["mean"] - FLOOR_SIGMAS * fl["std"], 1e-12), fl["band"], color="0.6", alpha=0.3,
-                          lw=0)
+        band_lo = max(fl["mean"] - FLOOR_SIGMAS * fl["std"], 0.25 * fl["mean"])  # log axis: keep it visible
+        band = ax.axhspan(band_lo, fl["band"], color="0.6", alpha=0.3, lw=0)
         handles[f"noise floor (mean +- {FLOOR_SIGMAS:g} std)"] = band
         m = res["matching"][metric]
         if m:
@@ -586,7 +596,7 @@ def write_plot(path: Path, payload: dict, metric: str) -> None:
             ax.axvline(TARGET_NFE, color="#d62728", lw=0.8, ls="--", alpha=0.4)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        lo = min(finite + [fl["mean"] - FLOOR_SIGMAS * fl["std"]]) * 0.7
+        lo = min(finite + [band_lo]) * 0.7
         ax.set_ylim(max(lo, 1e-12), top * 1.5)
         ax.set_title(f"{res['label']} (n={res['n_samples']})")
         ax.set_xlabel("NFE")
@@ -646,6 +656,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'fast': shared-covariance exact eps (verified against the package oracle); "
                         "'package': gddim_lightning.oracles (slower) (default: fast)")
     p.add_argument("--seed", type=int, default=0, help="base seed of references, initial and sampler noise (default: 0)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="no sampling: re-render the Markdown and plots from an existing results JSON "
+                        "(matching recomputed; runtime and command kept from the JSON)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: 1, fastest when other jobs share the cores)")
     a = p.parse_args(argv)
@@ -663,6 +676,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def render_from_json(src: Path, paths: dict[str, Path], overwrite: bool) -> int:
+    payload = json.loads(src.read_text())
+    paths = {k: p for k, p in paths.items() if k != "json"}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        print(f"refusing to overwrite existing results: {', '.join(existing)} (pass --overwrite)", file=sys.stderr)
+        return 2
+    for res in payload["results"].values():
+        for r in res["runs"]:  # null = diverged
+            for k in ("sw", "fd", "mean_err", "cov_rel_err"):
+                if r.get(k) is None:
+                    r[k] = math.inf
+        res["matching"] = {m: matching(res["runs"], res["floor"], m) for m in ("sw", "fd")}
+    next(iter(paths.values())).parent.mkdir(parents=True, exist_ok=True)
+    write_markdown(paths["md"], payload)
+    write_plot(paths["png"], payload, "sw")
+    write_plot(paths["fd_png"], payload, "fd")
+    print(f"re-rendered {', '.join(str(p) for p in paths.values())} from {src}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -670,6 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     paths = {ext: out / f"{RESULT_NAME}{suffix}.{ext}" for ext in ("json", "md", "png")}
     paths["fd_png"] = out / f"{RESULT_NAME}{suffix}_fd.png"
+    if args.from_json is not None:
+        return render_from_json(args.from_json, paths, args.overwrite)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not args.overwrite:
         print(f"refusing to overwrite existing results: {', '.join(existing)} (pass --overwrite)", file=sys.stderr)
