@@ -78,7 +78,7 @@ def fid_of(fid, x):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--run", nargs=3, action="append", metavar=("NAME", "CONFIG", "CKPT"), required=True)
+    ap.add_argument("--run", nargs=3, action="append", metavar=("NAME", "CONFIG", "CKPT"))
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     ap.add_argument("--batch-size", type=int, default=500)
@@ -86,7 +86,14 @@ def main() -> None:
                     help="only these sampler labels, e.g. 'gDDIM q=2' Euler-Maruyama 'RK45 tol 1e-3'")
     ap.add_argument("--out", default="benchmarks/results/digits_fid")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--markdown-from", metavar="JSON", help="only rewrite the Markdown of an existing JSON result")
     args = ap.parse_args()
+    if args.markdown_from:
+        src = Path(args.markdown_from)
+        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())))
+        return
+    if not args.run:
+        ap.error("give at least one --run NAME CONFIG CKPT")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -168,7 +175,8 @@ def markdown(results: dict) -> str:
         table: dict[str, dict[int, float]] = {}
         for r in run["rows"]:
             table.setdefault(r["sampler"], {})[r["nfe"]] = r["fid"]
-        nfes = sorted({r["nfe"] for r in run["rows"] if not r["sampler"].startswith("RK45")})
+        # Heun runs at NFE n + 1 (2 per step + denoising): shown in column n, labelled
+        nfes = sorted({r["nfe"] for r in run["rows"] if not r["sampler"].startswith(("RK45", "Heun"))})
         lines += [f"### {name}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
                   "|---|" + "---|" * len(nfes)]
         for label, vals in table.items():
@@ -178,7 +186,8 @@ def markdown(results: dict) -> str:
             for n in nfes:
                 v = vals.get(n, vals.get(n + 1))
                 cells.append("" if v is None else f"{v:.2f}")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            shown = f"{label} (NFE n+1)" if label.startswith("Heun") else label
+            lines.append(f"| {shown} | " + " | ".join(cells) + " |")
         for label, vals in table.items():
             if label.startswith("RK45"):
                 (n, v), = vals.items()
