@@ -356,6 +356,7 @@ def run_setting(setting: Setting, args: argparse.Namespace, log) -> dict:
     runs = []
 
     def record(key: str, sampler: Sampler, requested: int | None, extra: dict | None = None) -> None:
+        """Run one sampler; ``extra`` (e.g. the grid NFE or RK45 tolerance) is stored with the entry."""
         t0 = time.perf_counter()
         entry = {"sampler": key, "label": LABELS[key], "requested_nfe": requested, "sampler_repr": repr(sampler)}
         try:
@@ -379,7 +380,7 @@ def run_setting(setting: Setting, args: argparse.Namespace, log) -> dict:
             cap = spec.img_max_nfe if setting.images and spec.img_max_nfe is not None else spec.max_nfe
             if cap is not None and g > cap and not args.no_caps:
                 continue
-            record(spec.key, spec.make(spec.nfe_of(g)), spec.nfe_of(g))
+            record(spec.key, spec.make(spec.nfe_of(g)), spec.nfe_of(g), {"grid_nfe": g})
     for tol in args.rk45_tol:
         record("rk45", RK45(rtol=tol, atol=tol), None, {"tol": tol})
 
@@ -412,10 +413,10 @@ def error_table(res: dict, metric: str, grid: list[int]) -> list[str]:
     for r in res["runs"]:
         if r["sampler"] == "rk45":
             continue
-        g = r["requested_nfe"] - 1 if r["sampler"] == "heun" else r["requested_nfe"]
+        g = r.get("grid_nfe", r["requested_nfe"] - 1 if r["sampler"].startswith("heun") else r["requested_nfe"])
         by.setdefault(r["sampler"], {})[g] = r[metric]
     for key, vals in by.items():
-        label = LABELS[key] + (" (NFE+1)" if key == "heun" else "")
+        label = LABELS[key] + (" (NFE+1)" if key.startswith("heun") else "")
         if key == TARGET:
             label = f"**{label}**"
         lines.append(f"| {label} | " + " | ".join(fmt_val(vals.get(g), metric) for g in grid) + " |")
