@@ -22,6 +22,7 @@ from torch import Tensor
 from .sdes.base import LinearSDE, as_time
 
 _MAX_DENSE_DIM = 4096
+_CACHE_BYTES = 256 * 2**20  # per oracle: exact eps at many distinct times must not exhaust memory
 
 
 class GaussianMixture:
@@ -102,7 +103,9 @@ class MixtureEps:
             C = Sig + (Psi.unsqueeze(0) * self.lift_vars.unsqueeze(1)) @ Psi.T  # [K, D, D]
             chol = torch.linalg.cholesky(0.5 * (C + C.transpose(-1, -2)))
             logw = torch.log(self.mixture.weights) - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-            if len(self._cache) > 4096:
+            # bound the cache by memory (each entry holds K dense D x D factors), not by count
+            entry_bytes = 8 * (chol.numel() + Kt.numel() + m.numel())
+            if (len(self._cache) + 1) * entry_bytes > _CACHE_BYTES:
                 self._cache.clear()
             self._cache[t] = (m, chol, logw, Kt)
         return self._cache[t]

@@ -216,3 +216,17 @@ def test_oracle_errors():
         ring_mixture((3,)).eps_fn(VPSDE((2,)))
     with pytest.raises(ValueError, match="dense"):
         ring_mixture((1, 70, 70), k=2).eps_fn(BDM((1, 70, 70)))
+
+
+def test_eps_cache_is_bounded_by_memory(monkeypatch):
+    """Each cached time holds K dense D x D factors: the cache must stay under its byte budget."""
+    import gddim_lightning.oracles as oracles
+
+    monkeypatch.setattr(oracles, "_CACHE_BYTES", 200_000)
+    p = CLD((1, 4, 4))
+    eps = ring_mixture((1, 4, 4)).eps_fn(p)
+    u = torch.zeros(2, *p.state_shape, dtype=torch.float64)
+    for t in torch.linspace(0.05, 0.95, 40, dtype=torch.float64):
+        eps(u, t.expand(2))
+    m, chol, _, Kt = next(iter(eps._cache.values()))
+    assert len(eps._cache) * 8 * (chol.numel() + Kt.numel() + m.numel()) <= 200_000
