@@ -212,7 +212,7 @@ class GDDIMCLI(LightningCLI):
         ckpt = self.config[sub].get("ckpt_path")
         if not ckpt or not Path(ckpt).is_file():
             return
-        hparams = dict(torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
+        hparams = dict(self._load_checkpoint(ckpt).get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         class_path = hparams.pop("_class_path", None)
         model = self.config[sub].get("model")
@@ -257,6 +257,22 @@ class GDDIMCLI(LightningCLI):
                 f"on the command line, e.g. --{missing[0]} VALUE"
             )
 
+    def _load_checkpoint(self, ckpt: Any) -> dict:
+        """Reads a checkpoint with ``weights_only=True`` (tensors and plain data only: nothing in the file
+        can run code); a file that fails is one clear error instead of a traceback."""
+        try:
+            return torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as err:  # UnpicklingError (code or foreign objects), RuntimeError/EOFError (corrupt)
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            # torch's own first line suggests weights_only=False: quote the specific cause instead
+            reason = next((line.rstrip(".") for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                          type(err).__name__)
+            self.parser.error(
+                f"--ckpt_path {ckpt} cannot be loaded safely: {reason}. gddim-lightning only loads checkpoints "
+                "with torch.load(weights_only=True): the file is corrupt, not a checkpoint, or holds pickled "
+                "objects that could run code; use a checkpoint written by this package's fit"
+            )
+
     def _predict_data_from_checkpoint(self, cfg: Namespace, ckpt: Any) -> None:
         """predict never builds the training data: the seeds module replaces it, shaped from the checkpoint."""
         if ckpt is None:
@@ -264,7 +280,7 @@ class GDDIMCLI(LightningCLI):
             return
         if str(ckpt) in _SPECIAL_CKPT or "://" in str(ckpt):
             return
-        hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        hparams = self._load_checkpoint(ckpt).get("hyper_parameters", {})
         shape = hparams.get("data_shape")
         if shape is None:
             return

@@ -161,6 +161,34 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+class _RunsCode:
+    """Unpickling this calls a function: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["code", "corrupt"])
+def test_unsafe_or_corrupt_checkpoint_is_refused(tmp_path, capsys, kind):
+    """Checkpoints are read with weights_only=True: a file that would run code is refused with one clear
+    error (and nothing in it runs); so is a corrupt file."""
+    bad, marker = tmp_path / "bad.ckpt", tmp_path / "code-ran"
+    if kind == "code":
+        torch.save({"state_dict": {}, "hyper_parameters": {}, "x": _RunsCode(marker)}, bad)
+    else:
+        bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as err:
+        predict(bad, tmp_path / "o")
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "cannot be loaded safely" in msg and "bad.ckpt" in msg and "weights_only=False" not in msg
+    assert not marker.exists()
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------------------------------- seeding
 def test_samples_depend_on_seed_only(ckpt, tmp_path):
     """Per-sample seeding: an untrained UNet outputs exactly zero, so samples are bit-identical across
