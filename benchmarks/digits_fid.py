@@ -155,12 +155,17 @@ def throughput(model, batch: int) -> dict:
     x = load_digits_split("train")[0][:128]
     opt = torch.optim.Adam(model.net.parameters(), lr=0.0)
     model.train()
-    for _ in range(2):
-        opt.zero_grad(), model.loss(x).backward(), opt.step()
+    def train_step() -> None:
+        opt.zero_grad()
+        model.loss(x).backward()
+        opt.step()
+
+    for _ in range(2):  # warm-up
+        train_step()
     t1 = time.perf_counter()
     steps = 10
     for _ in range(steps):
-        opt.zero_grad(), model.loss(x).backward(), opt.step()
+        train_step()
     train_s = (time.perf_counter() - t1) / steps
     model.eval()
     return {"sample_batch": batch, "sample_seconds": total, "samples_per_s_nfe20": batch / total,

@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from helpers import read_events
+
 from gddim_lightning.callbacks import SampleCallback, format_count, image_grid, metric_name, points_image
 from gddim_lightning.data import DigitsDataModule, ToyDataModule
 from gddim_lightning.module import DiffusionModule
@@ -24,22 +26,6 @@ from gddim_lightning.sdes import VPSDE
 TINY_UNET = functools.partial(UNet, base_channels=8, channel_mult=[1], num_res_blocks=1, attn_resolutions=[],
                               num_groups=4, image_size=8)
 TINY_MLP = functools.partial(MLP, hidden=32, depth=1)
-
-
-def read_events(root: Path) -> tuple[dict[str, list], dict[str, list]]:
-    """All scalar and image events under ``root``: ``{tag: [event, ...]}``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars: dict[str, list] = {}
-    images: dict[str, list] = {}
-    for path in sorted(root.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            images.setdefault(tag, []).extend(acc.Images(tag))
-    return scalars, images
 
 
 def fit(module, datamodule, callback, root: Path, max_steps: int = 3) -> L.Trainer:
@@ -113,7 +99,7 @@ def test_digits_fit_logs_fid_and_grid(tmp_path):
     cb = SampleCallback(num_samples=64, num_grid=16, sampler=GDDIM(nfe=5), batch_size=32)
     module = digits_module()
     fit(module, DigitsDataModule(batch_size=32), cb, tmp_path)
-    scalars, images = read_events(tmp_path)
+    scalars, images, _ = read_events(tmp_path)
     assert [e.step for e in scalars["fid_64"]] == [3]
     assert math.isfinite(scalars["fid_64"][0].value) and scalars["fid_64"][0].value > 0
     assert scalars["sample_nfe"][0].value == 5
@@ -128,7 +114,7 @@ def test_digits_fit_logs_fid_and_grid(tmp_path):
 def test_points_fit_logs_fd_swd_and_scatter(tmp_path):
     cb = SampleCallback(num_samples=200, num_real=1000, sampler=GDDIM(nfe=4), every_n_steps=2)
     fit(toy_module(), ToyDataModule("checkerboard", n_train=1024, n_val=64, batch_size=128), cb, tmp_path)
-    scalars, images = read_events(tmp_path)
+    scalars, images, _ = read_events(tmp_path)
     # every_n_steps=2 -> step 2; epoch end at max_steps=3 -> step 3.
     assert [e.step for e in scalars["fd_200"]] == [2, 3]
     assert [e.step for e in scalars["swd_200"]] == [2, 3]

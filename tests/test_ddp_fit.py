@@ -6,8 +6,6 @@ are summed across ranks, point clouds gathered)."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +14,11 @@ import pytest
 import torch
 import yaml
 
+from helpers import clean_env, read_events
+
 from gddim_lightning.callbacks import SampleCallback
 from gddim_lightning.cli import main
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Per case: model, data and the callback's init_args (uneven sample counts: rank 0 draws one more).
 CASES = {
@@ -48,22 +47,6 @@ CASES = {
     },
 }
 
-_DIST_VARS = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-              "MASTER_PORT", "CUDA_VISIBLE_DEVICES"}
-_DIST_PREFIXES = ("PYTEST_", "PL_", "TORCHELASTIC_", "SLURM_", "OMPI_", "LSB_", "JSM_", "KUBERNETES_")
-
-
-def clean_env() -> dict[str, str]:
-    """The current environment without pytest's and any launcher's variables, one thread per rank."""
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith(_DIST_PREFIXES)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        env["MASTER_PORT"] = str(s.getsockname()[1])
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def write_config(case: dict, root: Path) -> Path:
     cfg = {
         "seed_everything": 0,
@@ -84,22 +67,6 @@ def write_config(case: dict, root: Path) -> Path:
     return path
 
 
-def read_scalars(root: Path) -> tuple[dict[str, list], dict[str, list], int]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars: dict[str, list] = {}
-    images: dict[str, list] = {}
-    files = sorted(root.rglob("events.out.tfevents.*"))
-    for path in files:
-        acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            images.setdefault(tag, []).extend(acc.Images(tag))
-    return scalars, images, len(files)
-
-
 @pytest.mark.parametrize("name", ["points", pytest.param("digits", marks=pytest.mark.slow)])
 def test_ddp_metric_equals_single_process(name, tmp_path, monkeypatch):
     case = CASES[name]
@@ -109,7 +76,7 @@ def test_ddp_metric_equals_single_process(name, tmp_path, monkeypatch):
     proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    scalars, images, n_files = read_scalars(tmp_path / "runs")
+    scalars, images, n_files = read_events(tmp_path / "runs")
     assert n_files == 1  # rank 0 only
     n = case["callback"]["num_samples"]
     assert [e.value for e in scalars["sample_count"]] == [n]  # both ranks sampled their share

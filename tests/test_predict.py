@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from helpers import clean_env
 
 from gddim_lightning.cli import main
 from gddim_lightning.data import SeedDataModule
@@ -213,21 +213,6 @@ def test_samples_depend_on_seed_only(ckpt, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- DDP
-_DIST_VARS = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-              "MASTER_PORT", "CUDA_VISIBLE_DEVICES"}
-_DIST_PREFIXES = ("PYTEST_", "PL_", "TORCHELASTIC_", "SLURM_")
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith(_DIST_PREFIXES)}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        env["MASTER_PORT"] = str(sock.getsockname()[1])
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
 def test_ddp_predict_writes_one_shard_per_rank(ckpt, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "gddim_lightning", "predict", "--config", CONFIG, *MODEL, *QUIET,
@@ -235,7 +220,7 @@ def test_ddp_predict_writes_one_shard_per_rank(ckpt, tmp_path):
            "--predict.out_dir", str(out), "--predict.num_samples", "7", "--predict.batch_size", "1",
            "--predict.format", "[npz,grid]",
            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     shards = {}

@@ -209,11 +209,6 @@ class LinearSDE:
         tt = torch.as_tensor(t, dtype=torch.float64)
         return self.F(tt).numpy(), self.GGT(tt).numpy()
 
-    def _R_np(self, t: float) -> np.ndarray:
-        """``R_t`` at one time as numpy ``[n, b, b]`` (override where R has a closed form)."""
-        sol = self._solution()
-        return sol._sol(t).reshape(sol.shape)[1]
-
     def _R_rhs(self, t: float, R: np.ndarray) -> np.ndarray:
         F, GG = self._coeffs_np(t)
         return F @ R + 0.5 * GG @ np.linalg.inv(R).swapaxes(-1, -2)

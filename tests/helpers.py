@@ -1,0 +1,43 @@
+"""Helpers shared by several test files (imported as ``helpers``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_DIST_VARS = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+              "MASTER_PORT", "CUDA_VISIBLE_DEVICES"}
+_DIST_PREFIXES = ("PYTEST_", "PL_", "TORCHELASTIC_", "SLURM_", "OMPI_", "LSB_", "JSM_", "KUBERNETES_")
+
+
+def clean_env() -> dict[str, str]:
+    """The current environment for a DDP subprocess: no pytest or launcher variables, a free
+    MASTER_PORT, one thread per rank, and the repository importable."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and not k.startswith(_DIST_PREFIXES)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        env["MASTER_PORT"] = str(s.getsockname()[1])
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def read_events(root: Path) -> tuple[dict[str, list], dict[str, list], int]:
+    """All TensorBoard scalar and image events under ``root`` (``{tag: [event, ...]}``) and the number
+    of event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list] = {}
+    images: dict[str, list] = {}
+    files = sorted(root.rglob("events.out.tfevents.*"))
+    for path in files:
+        acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            images.setdefault(tag, []).extend(acc.Images(tag))
+    return scalars, images, len(files)
