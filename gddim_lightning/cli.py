@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -29,10 +30,11 @@ from typing import Any, Union
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .checkpointing import AtomicCheckpointIO, FinalModelCheckpoint, InterruptCheckpoint, TrainingInterrupted
 from .data.seeds import SeedDataModule
 from .module import DiffusionModule
 from .writer import SampleWriter
@@ -97,21 +99,6 @@ class PredictOptions:
         self.grid_size = grid_size
 
 
-class FinalModelCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose ``last.ckpt`` is always the final state of ``fit``.
-
-    Lightning writes ``last.ckpt`` only together with a top-k checkpoint, i.e. after validation when
-    ``check_val_every_n_epoch > 1``: a run stopped by ``max_steps`` or ``max_time`` between two
-    validations would lose its last steps. This one also writes it when training ends.
-    """
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            return
-        super().on_train_end(trainer, pl_module)
-
-
 class VersionedSaveConfigCallback(SaveConfigCallback):
     """`SaveConfigCallback` that never overwrites and never fails on an existing file.
 
@@ -139,11 +126,12 @@ class ResumeRNGState(Callback):
     """Makes ``fit --ckpt_path`` continue the random streams of the interrupted run.
 
     Lightning restores weights, optimiser, schedulers and loop counters, but not the global torch
-    generator (which draws the training times and noise) nor the training loader's shuffling
-    generator. This callback stores both in every checkpoint and puts them back when training
-    resumes, so a run resumed from a checkpoint taken at the end of an epoch continues bit for bit.
-    Resuming mid-epoch starts a fresh pass over the data (the loaders are not resumable; Lightning
-    warns). Under DDP the ranks share rank 0's global generator state, as after ``seed_everything``.
+    generator (which draws dropout masks) nor the shuffling generator of a plain training
+    ``DataLoader``. This callback stores both in every checkpoint and puts them back when training
+    resumes. The package's data modules use `ResumableLoader`, whose own state (order and position
+    within the epoch) Lightning saves, so a run resumed from any checkpoint, mid-epoch included,
+    continues bit for bit; a plain ``DataLoader`` resumes exactly only from an epoch boundary. Under
+    DDP the ranks share rank 0's global generator state, as after ``seed_everything``.
     """
 
     def __init__(self) -> None:
@@ -153,6 +141,8 @@ class ResumeRNGState(Callback):
     @staticmethod
     def _loader_generator(trainer: Trainer) -> torch.Generator | None:
         loader = trainer.train_dataloader
+        if callable(getattr(loader, "load_state_dict", None)):
+            return None  # a stateful loader (e.g. ResumableLoader): Lightning saves and restores it
         gen = getattr(loader, "generator", None)
         return gen if isinstance(gen, torch.Generator) else None
 
@@ -304,6 +294,25 @@ class GDDIMCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
             return getattr(self.trainer, fn)(**kwargs)
 
+    def before_fit(self) -> None:
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def fit(self, **kwargs: Any) -> Any:
+        try:
+            return self.trainer.fit(**kwargs)
+        except TrainingInterrupted as stop:
+            print(f"gddim_lightning: {stop}", file=sys.stderr, flush=True)
+            sys.exit(stop.exit_code)
+        except FloatingPointError as err:  # a NaN/inf loss: nothing after the last checkpoint is kept
+            cb = self.trainer.checkpoint_callback
+            last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+            kept = (f"the last good checkpoint is {last} (written before the failure, intact)" if last
+                    else "no checkpoint was written before it")
+            print(f"gddim_lightning: {err}. Training stopped; {kept}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
     def before_validate(self) -> None:
         self._drop_checkpoint_callback()
 
@@ -351,7 +360,7 @@ def main(args: list[str] | None = None, run: bool = True) -> GDDIMCLI:
         subclass_mode_data=True,
         save_config_callback=VersionedSaveConfigCallback,
         save_config_kwargs={"overwrite": False},
-        trainer_defaults={"callbacks": [ResumeRNGState()]},
+        trainer_defaults={"callbacks": [ResumeRNGState(), InterruptCheckpoint()]},
         auto_configure_optimizers=False,  # the module owns its optimiser (lr, betas, warm-up)
         args=args,
         run=run,

@@ -75,16 +75,32 @@ class DiffusionModule(L.LightningModule):
             raise TypeError(f"model.process must build a LinearSDE, got {type(self.process).__name__}")
         if not 0 < t_eps < self.process.T:
             raise ValueError(f"model.t_eps must lie in (0, T={self.process.T}), got {t_eps}")
-        self.net = backbone(self.process.state_shape[0])
         self.parameterization = parameterization
+        self.net = self._build_backbone(backbone)
         self.mixed_score = mixed_score
         self.t_eps = t_eps
         self.ema = EMA(self.net, beta=ema_decay, update_after_step=ema_update_after_step,
                        update_every=ema_update_every, include_online_model=False)
         self.sampler = sampler if sampler is not None else GDDIM(nfe=20, order=2)
         self._check_backbone()
+        self.check_sampler(self.sampler, "model.sampler")
 
     # ------------------------------------------------------------------ model
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one network output: the state shape (eps on every state component)."""
+        return tuple(self.process.state_shape)
+
+    def _build_backbone(self, backbone: Callable[..., nn.Module]) -> nn.Module:
+        """Called with the state's channel count, plus the output channel count where they differ."""
+        c_in, c_out = self.process.state_shape[0], self.output_shape[0]
+        try:
+            return backbone(c_in) if c_out == c_in else backbone(c_in, c_out)
+        except TypeError as err:
+            raise ValueError(f"model.backbone could not be built with {c_in} input and {c_out} output "
+                             f"channels (leave its in/out channel arguments unset; the model sets them): {err}"
+                             ) from err
+
     def _check_backbone(self) -> None:
         u = torch.zeros(2, *self.process.state_shape)
         try:
@@ -95,9 +111,14 @@ class DiffusionModule(L.LightningModule):
                 f"model.backbone cannot take the state of {self.process.describe()} (state shape "
                 f"{self.process.state_shape}): {err}"
             ) from err
-        if tuple(out.shape) != tuple(u.shape):
-            raise ValueError(f"model.backbone returns shape {tuple(out.shape[1:])}, but the state shape is "
-                             f"{self.process.state_shape}; set the backbone's output channels to match")
+        if tuple(out.shape[1:]) != self.output_shape:
+            raise ValueError(f"model.backbone returns shape {tuple(out.shape[1:])}, but this model needs "
+                             f"{self.output_shape}; set the backbone's output channels to match")
+
+    def check_sampler(self, sampler: Sampler, name: str = "sampler") -> None:
+        """Refuse a sampler this model cannot drive (subclasses with partial outputs override)."""
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"{name} must be a gddim_lightning sampler, got {type(sampler).__name__}")
 
     def _gaussian_eps(self, u: Tensor, t: Tensor) -> Tensor:
         """Exact eps (in this module's parameterisation) if the data were N(0, I)."""
@@ -196,6 +217,7 @@ class DiffusionModule(L.LightningModule):
                use_ema: bool = True, callback: Callable | None = None) -> SampleResult:
         """Sample one item per seed (sample k depends only on seeds[k]), in chunks of ``batch_size``."""
         sampler = sampler if sampler is not None else self.sampler
+        self.check_sampler(sampler)
         seeds = list(seeds)
         outs, states, nfe = [], [], 0
         for k in range(0, len(seeds), batch_size):
@@ -222,24 +244,86 @@ class CLDModule(DiffusionModule):
             regression target is the conditional eps given ``(x0, v0)``).
         loss_on: ``"both"`` (eps on x and v channels, gDDIM) or ``"velocity"`` (loss on the v channels
             only, as the CLD paper's ``L`` parameterisation; with ``parameterization="L"`` the x part of
-            eps does not enter the reverse SDE's score term).
+            eps does not enter the reverse SDE's score term). Default: ``"velocity"`` with a
+            velocity-only network, else ``"both"``.
+        network_output: ``"both"`` (the network predicts eps on x and v) or ``"velocity"`` (the CLD
+            paper's network: it predicts only the v part of the ``L``-parameterised eps, which alone
+            gives the velocity score ``-eps_v / L_vv``, all that the reverse SDE and probability flow
+            use). Needs ``parameterization="L"``, and samplers that use only that drift
+            (`EulerMaruyama`, `Heun`, `RK45`, `SSCS`, ``GDDIM(K="L")``) with ``denoise`` ``"euler"``
+            or ``"none"``; gDDIM with ``K="R"`` and Tweedie denoising need the x part as well and
+            are refused.
         **kwargs: everything `DiffusionModule` takes.
     """
 
-    def __init__(self, *args: Any, score_matching: str = "hsm", loss_on: str = "both", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, score_matching: str = "hsm", loss_on: str | None = None,
+                 network_output: str = "both", **kwargs: Any) -> None:
+        if network_output not in ("both", "velocity"):
+            raise ValueError(f"model.network_output must be 'both' or 'velocity', got {network_output!r}")
+        self._velocity_only = network_output == "velocity"  # read by output_shape during the base init
+        if loss_on is None:
+            loss_on = "velocity" if self._velocity_only else "both"
+        if loss_on not in ("both", "velocity"):
+            raise ValueError(f"model.loss_on must be 'both' or 'velocity', got {loss_on!r}")
+        if self._velocity_only and loss_on != "velocity":
+            raise ValueError("model.loss_on='both' needs a network that predicts both parts; with "
+                             "network_output='velocity' the loss is on the velocity part: drop loss_on")
+        if self._velocity_only and kwargs.get("parameterization", "R") != "L":
+            raise ValueError(
+                "model.network_output='velocity' needs model.parameterization='L': only with the Cholesky "
+                "factor does the v part of eps determine the velocity score by itself"
+            )
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["process", "backbone", "sampler"])
         if not isinstance(self.process, CLD):
             raise TypeError(f"CLDModule needs a CLD process, got {type(self.process).__name__}")
         if score_matching not in ("hsm", "dsm"):
             raise ValueError(f"model.score_matching must be 'hsm' or 'dsm', got {score_matching!r}")
-        if loss_on not in ("both", "velocity"):
-            raise ValueError(f"model.loss_on must be 'both' or 'velocity', got {loss_on!r}")
         self.score_matching = score_matching
         self.loss_on = loss_on
+        self.network_output = network_output
         p = self.process
         # Conditional kernel given (x0, v0): same dynamics, no initial velocity variance.
         self._dsm = CLD(p.data_shape, p.beta0, p.beta_slope, p.m_inv, 0.0, p.eps_num, p.Gamma, p.T)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.process.state_shape)
+        if getattr(self, "_velocity_only", False):
+            return (shape[0] // 2, *shape[1:])  # the state is [x channels, v channels]
+        return shape
+
+    def predict_eps(self, u: Tensor, t: Tensor, use_ema: bool = False) -> Tensor:
+        if not self._velocity_only:
+            return super().predict_eps(u, t, use_ema)
+        net = self.ema.ema_model if use_ema else self.net
+        # The x part is not predicted: fill it with the exact eps of N(0, I) data. Samplers accepted by
+        # `check_sampler` never use it (the drift depends on eps_v alone); it keeps eps well defined.
+        gauss = self._gaussian_eps(u, t)
+        v = net(u, t).reshape(u.shape[0], -1)
+        if self.mixed_score:
+            v = v + self._velocity(gauss)
+        return torch.cat([self._position(gauss), v], 1).reshape(u.shape)
+
+    @staticmethod
+    def _position(a: Tensor) -> Tensor:
+        flat = a.reshape(a.shape[0], -1)
+        return flat[:, : flat.shape[1] // 2]
+
+    @staticmethod
+    def _velocity(a: Tensor) -> Tensor:
+        flat = a.reshape(a.shape[0], -1)
+        return flat[:, flat.shape[1] // 2 :]
+
+    def check_sampler(self, sampler: Sampler, name: str = "sampler") -> None:
+        super().check_sampler(sampler, name)
+        if getattr(self, "_velocity_only", False) and sampler.needs_full_score:
+            raise ValueError(
+                f"{name} {type(sampler).__name__} uses the position score, which a velocity-only network "
+                "(model.network_output='velocity') does not predict. Use GDDIM with K='L', SSCS, "
+                "EulerMaruyama, Heun or RK45, with denoise 'euler' or 'none' (got denoise="
+                f"{sampler.denoise!r}), or train with network_output='both'"
+            )
 
     def loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.score_matching == "hsm":
@@ -264,7 +348,4 @@ class CLDModule(DiffusionModule):
     def reduce_loss(self, eps: Tensor, z: Tensor) -> Tensor:
         if self.loss_on == "both":
             return super().reduce_loss(eps, z)
-        lay = self.process.layout
-        v = lambda a: a.reshape(a.shape[0], 2, *self.data_shape)[:, 1]  # noqa: E731
-        del lay
-        return ((v(eps) - v(z)) ** 2).mean()
+        return ((self._velocity(eps) - self._velocity(z)) ** 2).mean()

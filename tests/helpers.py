@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+from lightning.pytorch import Callback
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _DIST_VARS = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
@@ -41,3 +43,16 @@ def read_events(root: Path) -> tuple[dict[str, list], dict[str, list], int]:
         for tag in acc.Tags()["images"]:
             images.setdefault(tag, []).extend(acc.Images(tag))
     return scalars, images, len(files)
+
+
+class SignalAtStep(Callback):
+    """A Lightning callback (``--trainer.callbacks``) that sends ``signum`` to its own process when
+    training reaches ``step``, ``times`` times in a row (``times=2``: the second one aborts)."""
+
+    def __init__(self, step: int, signum: int = 2, times: int = 1) -> None:
+        self.step, self.signum, self.times = step, signum, times
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)

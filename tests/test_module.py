@@ -12,7 +12,7 @@ from torch import nn
 from gddim_lightning.module import CLDModule, DiffusionModule
 from gddim_lightning.nets import MLP
 from gddim_lightning.oracles import Gaussian, PointMass
-from gddim_lightning.samplers import GDDIM
+from gddim_lightning.samplers import GDDIM, SSCS, EulerMaruyama
 from gddim_lightning.sdes import BDM, CLD, VPSDE
 
 PROCESSES = {
@@ -164,3 +164,65 @@ def test_bad_arguments_have_clear_errors():
     m = make("vp")
     with pytest.raises(ValueError, match="data_shape"):
         m.loss(torch.zeros(4, 3, dtype=torch.float64))
+
+
+class VelocityNet(nn.Module):
+    """The v part of an oracle's L-parameterised eps, shaped like the data (a CLD-paper network)."""
+
+    def __init__(self, eps_fn, data_shape):
+        super().__init__()
+        self.eps_fn, self.data_shape = eps_fn, tuple(data_shape)
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, u, t):
+        flat = self.eps_fn(u, t).reshape(u.shape[0], -1)
+        return flat[:, flat.shape[1] // 2 :].reshape(u.shape[0], *self.data_shape) + 0 * self.dummy
+
+
+def velocity_module(shape=(2,), **kw):
+    kw = {"sampler": GDDIM(nfe=6, order=2, K="L", denoise="none"), "parameterization": "L",
+          "network_output": "velocity", **kw}
+    return CLDModule(process=CLD, backbone=lambda c_in, c_out: VelocityNet(lambda u, t: torch.zeros_like(u), (c_out, *shape[1:])),
+                     data_shape=shape, **kw).double()
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 2, 3)])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_velocity_only_network_trains_and_samples_like_the_full_one(shape, mixed):
+    """A velocity-only network holding the v part of the point-mass eps_L has zero HSM loss, and drives the
+    drift-only samplers to the same samples as the full L oracle."""
+    m = velocity_module(shape, mixed_score=mixed)
+    assert m.output_shape == shape
+    x0 = torch.linspace(-1, 1, torch.Size(shape).numel(), dtype=torch.float64).reshape(shape)
+    oracle = PointMass(x0).eps_fn(m.process, "L")
+    net = VelocityNet(oracle, shape)
+    if mixed:  # the network learns the residual to the Gaussian eps
+        gauss = Gaussian(torch.zeros(shape, dtype=torch.float64), 1.0).eps_fn(m.process, "L")
+        net = VelocityNet(lambda u, t: oracle(u, t) - gauss(u, t), shape)
+    m.net = net
+    loss = m.loss(x0.expand(16, *shape).clone(), generator=torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-18
+    full = CLDModule(process=CLD, backbone=ZeroNet, data_shape=shape, parameterization="L").double()
+    full.net = OracleNet(oracle)
+    for sampler in (GDDIM(nfe=6, order=2, K="L", denoise="none"), SSCS(nfe=6)):
+        a = m.sample(range(3), sampler, use_ema=False)
+        b = full.sample(range(3), sampler, use_ema=False)
+        torch.testing.assert_close(a.state, b.state, rtol=1e-8, atol=1e-8)
+
+
+def test_velocity_only_network_refuses_what_needs_the_position_score():
+    with pytest.raises(ValueError, match="parameterization='L'"):
+        velocity_module(parameterization="R")
+    with pytest.raises(ValueError, match="loss_on='both'"):
+        velocity_module(loss_on="both")
+    with pytest.raises(ValueError, match="network_output"):
+        velocity_module(network_output="x")
+    with pytest.raises(ValueError, match="model.sampler GDDIM uses the position score"):
+        velocity_module(sampler=GDDIM(nfe=6))  # K='R'
+    m = velocity_module()
+    for bad in (GDDIM(nfe=6, K="L"), GDDIM(nfe=6, lambda_=1.0, order=1), EulerMaruyama(6, denoise="tweedie")):
+        with pytest.raises(ValueError, match="K='L', SSCS"):
+            m.sample(range(2), bad)
+    with pytest.raises(ValueError, match="output channels"):
+        CLDModule(process=CLD, backbone=lambda c: MLP(c), data_shape=(2,), parameterization="L",
+                  network_output="velocity", sampler=SSCS(6))

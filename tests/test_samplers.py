@@ -709,3 +709,59 @@ def test_u_T_batch_must_match_noise():
     for sampler in [GDDIM(5, order=1), GDDIM(5, order=1, lambda_=1.0)]:
         with pytest.raises(ValueError, match="u_T"):
             sampler.sample(p, eps, SampleNoise([0, 1, 2], dtype=F64), u_T=uT)
+
+
+# --------------------------------------------------------------------------- velocity-only models (CLD)
+class GarbledPositionEps:
+    """eps of the mixture with the x part of its L-parameterised form replaced by noise: what a
+    velocity-only CLD network (which predicts eps_L on v only) leaves undetermined."""
+
+    def __init__(self, p, eps):
+        self.p, self.eps, self.g = p, eps, torch.Generator().manual_seed(123)
+
+    def __call__(self, u, t):
+        eL = self.p.eps_R_to_L(self.eps(u, t), t).reshape(u.shape[0], -1).clone()
+        d = eL.shape[1] // 2
+        eL[:, :d] = 3.0 * torch.randn(eL.shape[0], d, generator=self.g, dtype=eL.dtype)
+        return self.p.eps_L_to_R(eL.reshape(u.shape), t)
+
+
+DRIFT_ONLY = {
+    "gddim-L q1": lambda: GDDIM(8, order=1, K="L", denoise="euler"),
+    "gddim-L q3": lambda: GDDIM(8, order=3, K="L", denoise="none"),
+    "euler-maruyama": lambda: EulerMaruyama(8),
+    "pf-euler": lambda: ProbabilityFlowEuler(8),
+    "heun": lambda: Heun(9),
+    "rk45": lambda: RK45(rtol=1e-4, atol=1e-4),
+    "sscs": lambda: SSCS(8),
+}
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 2, 3)])
+@pytest.mark.parametrize("sname", list(DRIFT_ONLY))
+def test_drift_only_samplers_never_use_position_eps(sname, shape):
+    """Samplers flagged ``drift_only`` give the same samples whatever the x part of eps_L is (to round-off),
+    so a velocity-only CLD network drives them exactly."""
+    p = CLD(shape)
+    eps = ring_mixture(shape, k=3, seed=7).eps_fn(p)
+    s = DRIFT_ONLY[sname]()
+    assert s.drift_only and not s.needs_full_score
+    seeds = [2, 7, 1]
+    a = s.sample(p, eps, SampleNoise(seeds, dtype=F64))
+    b = s.sample(p, GarbledPositionEps(p, eps), SampleNoise(seeds, dtype=F64))
+    assert a.nfe == b.nfe
+    assert (a.state - b.state).abs().max() < 1e-8 * (1 + a.state.abs().max())
+
+
+@pytest.mark.parametrize("make", [lambda: GDDIM(8, order=2), lambda: GDDIM(8, order=1, lambda_=1.0),
+                                  lambda: GDDIM(8, order=2, K="L", denoise="tweedie")])
+def test_full_score_samplers_do_use_position_eps(make):
+    """The complement: gDDIM with R (deterministic or stochastic) and Tweedie denoising depend on the x part,
+    which is why a velocity-only model refuses them."""
+    p = CLD((2,))
+    eps = ring_mixture((2,), k=3, seed=7).eps_fn(p)
+    s = make()
+    assert s.needs_full_score
+    a = s.sample(p, eps, SampleNoise([2, 7, 1], dtype=F64))
+    b = s.sample(p, GarbledPositionEps(p, eps), SampleNoise([2, 7, 1], dtype=F64))
+    assert (a.state - b.state).abs().max() > 1e-3

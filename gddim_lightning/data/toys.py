@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .loaders import ResumableLoader
+
 __all__ = [
     "TOY_NAMES", "ToyDataModule", "sample_checkerboard", "sample_eight_gaussians",
     "sample_gaussian_mixture", "sample_mixture", "sample_swiss_roll", "sample_toy",
@@ -49,12 +51,11 @@ def _make_loader(
     loaders keep the order and every sample.
     """
     n = len(dataset)  # type: ignore[arg-type]
-    generator = torch.Generator().manual_seed(int(seed)) if train else None
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, generator=generator,
-        drop_last=bool(train and n > batch_size), num_workers=num_workers,
-        persistent_workers=num_workers > 0, collate_fn=_collate,
-    )  # fmt: skip
+    common = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
+                  collate_fn=_collate)
+    if train:  # position within the epoch is saved in checkpoints (exact mid-epoch resume)
+        return ResumableLoader(dataset, seed=int(seed), drop_last=n > batch_size, **common)
+    return DataLoader(dataset, shuffle=False, **common)
 
 
 def _check_loader_args(batch_size: int, num_workers: int) -> None:

@@ -104,6 +104,11 @@ class Sampler:
             as in the CLD/gDDIM papers) or ``"none"``.
     """
 
+    #: True where every step uses the model only through the reverse-time drift ``G G^T score`` (the
+    #: reverse SDE or probability flow). Such a sampler needs the score only on the range of ``G_t``:
+    #: for CLD the velocity part, all that a velocity-only network (`CLDModule`) predicts.
+    drift_only: bool = False
+
     def __init__(self, t_min: float = 1e-3, denoise: str = "tweedie") -> None:
         if not t_min > 0:
             raise ValueError(f"t_min must be > 0 (the denoising step covers t_min -> 0), got {t_min}")
@@ -111,6 +116,12 @@ class Sampler:
             raise ValueError(f"denoise={denoise!r} is not one of {DENOISE}")
         self.t_min = float(t_min)
         self.denoise = denoise
+
+    @property
+    def needs_full_score(self) -> bool:
+        """Whether the sampler uses the score off the range of ``G_t`` (the x part on CLD): every step
+        that is not `drift_only`, and Tweedie denoising."""
+        return self.denoise == "tweedie" or not self.drift_only
 
     @property
     def denoise_nfe(self) -> int:

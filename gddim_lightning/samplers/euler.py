@@ -29,6 +29,8 @@ class EulerMaruyama(Sampler):
         denoise: final step (see `Sampler`).
     """
 
+    drift_only = True
+
     def __init__(self, nfe: int = 1000, lambda_: float = 1.0, grid: TimeGrid | None = None,
                  t_min: float = 1e-3, denoise: str = "euler") -> None:
         super().__init__(t_min, denoise)
@@ -75,6 +77,8 @@ class Heun(Sampler):
         t_min: last grid time.
         denoise: final step (see `Sampler`).
     """
+
+    drift_only = True
 
     def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
                  denoise: str = "euler") -> None:

@@ -70,6 +70,12 @@ class GDDIM(Sampler):
         self.quad = check_int("quad", quad, 1)
 
     @property
+    def drift_only(self) -> bool:  # type: ignore[override]
+        # Lower-triangular L: G G^T L^{-T} has no x column, so the x part of eps_L never enters.
+        # R is not triangular, and the stochastic step uses the full score through Psi-hat.
+        return self.K == "L" and self.lambda_ == 0
+
+    @property
     def n_steps(self) -> int:
         return self.nfe - self.denoise_nfe
 

@@ -24,6 +24,8 @@ class RK45(Sampler):
         denoise: final step (see `Sampler`).
     """
 
+    drift_only = True
+
     def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, t_min: float = 1e-3, denoise: str = "euler") -> None:
         super().__init__(t_min, denoise)
         if not (rtol > 0 and atol > 0):

@@ -32,6 +32,8 @@ class SSCS(Sampler):
         denoise: final step (see `Sampler`).
     """
 
+    drift_only = True
+
     def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
                  denoise: str = "euler") -> None:
         super().__init__(t_min, denoise)
