@@ -15,9 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,24 +24,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from .files import atomic_write
+
 __all__ = ["AtomicCheckpointIO", "FinalModelCheckpoint", "InterruptCheckpoint", "TrainingInterrupted",
            "atomic_torch_save"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename (atomic on POSIX and Windows)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to ``path`` through a temporary file and a rename (see `atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

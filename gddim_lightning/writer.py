@@ -17,15 +17,13 @@ outputs of this writer is refused before anything is sampled, unless ``overwrite
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
 import re
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
+
+from .files import atomic_write
+from .visuals import image_grid
 
 __all__ = ["FORMATS", "SampleWriter", "find_outputs", "load_samples", "to_uint8"]
 
@@ -76,21 +77,6 @@ def to_uint8(images: Tensor | np.ndarray) -> np.ndarray:
     return x.movedim(-3, -1).numpy()
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Writes ``path`` through a temporary file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _pil_image(img: np.ndarray):  # [H, W, C] uint8
     from PIL import Image
 
@@ -98,24 +84,7 @@ def _pil_image(img: np.ndarray):  # [H, W, C] uint8
 
 
 def _save_png(path: Path, img: np.ndarray) -> None:
-    _atomic_write(path, lambda f: _pil_image(img).save(f, format="PNG"))
-
-
-def _image_grid(images: np.ndarray) -> np.ndarray:
-    """``[N, H, W, C]`` uint8 -> one near-square grid, small images upscaled (nearest) to >= 64 px."""
-    n, h, w, c = images.shape
-    scale = max(1, 64 // max(h, w))
-    pad = 2 if scale > 1 else 1
-    if scale > 1:
-        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-        h, w = h * scale, w * scale
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 128, dtype=np.uint8)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[k]
-    return grid
+    atomic_write(path, lambda f: _pil_image(img).save(f, format="PNG"))
 
 
 def _scatter_png(path: Path, points: np.ndarray, title: str) -> bool:
@@ -134,7 +103,7 @@ def _scatter_png(path: Path, points: np.ndarray, title: str) -> bool:
     else:
         ax.hist(points[:, 0], bins=100)
     ax.set_title(title, fontsize=9)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return True
 
 
@@ -283,7 +252,7 @@ class SampleWriter(BasePredictionWriter):
         if x.ndim == 1 and getattr(pl_module, "data_shape", None) is not None:
             x = x.reshape(0, *pl_module.data_shape)
         shard = self.out_dir / f"samples_rank{rank}.npz"
-        _atomic_write(shard, lambda f: np.savez(f, samples=x.astype(np.float32), seeds=s.astype(np.int64)))
+        atomic_write(shard, lambda f: np.savez(f, samples=x.astype(np.float32), seeds=s.astype(np.int64)))
 
         # Gather the seeds (and what the grid shows) on every rank; rank 0 writes grid and meta.
         points = x.ndim == 2
@@ -304,7 +273,8 @@ class SampleWriter(BasePredictionWriter):
                 if not _scatter_png(self.out_dir / "grid.png", hx, title):
                     warnings.warn("matplotlib is not installed: grid.png (scatter plot) skipped", stacklevel=2)
             else:
-                _save_png(self.out_dir / "grid.png", _image_grid(to_uint8(hx)))
+                grid = image_grid(torch.as_tensor(hx), min_size=64, padding=2, pad_value=0.5)
+                _save_png(self.out_dir / "grid.png", to_uint8(grid * 2.0 - 1.0))
         sampler = getattr(pl_module, "sampler", None)
         ckpt = trainer.ckpt_path
         meta = {
@@ -337,7 +307,7 @@ class SampleWriter(BasePredictionWriter):
             **self.extra_meta,
         }
         text = json.dumps(meta, indent=2) + "\n"
-        _atomic_write(self.out_dir / "meta.json", lambda f: f.write(text.encode()))
+        atomic_write(self.out_dir / "meta.json", lambda f: f.write(text.encode()))
 
     @staticmethod
     def _all_gather(trainer: L.Trainer, obj: Any) -> list[Any]:
