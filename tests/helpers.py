@@ -47,12 +47,13 @@ def read_events(root: Path) -> tuple[dict[str, list], dict[str, list], int]:
 
 class SignalAtStep(Callback):
     """A Lightning callback (``--trainer.callbacks``) that sends ``signum`` to its own process when
-    training reaches ``step``, ``times`` times in a row (``times=2``: the second one aborts)."""
+    training reaches ``step``, ``times`` times in a row (``times=2``: the second one aborts); only on
+    process ``rank`` if given."""
 
-    def __init__(self, step: int, signum: int = 2, times: int = 1) -> None:
-        self.step, self.signum, self.times = step, signum, times
+    def __init__(self, step: int, signum: int = 2, times: int = 1, rank: int | None = None) -> None:
+        self.step, self.signum, self.times, self.rank = step, signum, times, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             for _ in range(self.times):
                 os.kill(os.getpid(), self.signum)

@@ -4,6 +4,7 @@ good checkpoint intact, and two seeded fits give identical weights."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import torch
 
 from gddim_lightning.checkpointing import atomic_torch_save
 from gddim_lightning.cli import main
+import yaml
+
 from helpers import clean_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
@@ -151,3 +154,40 @@ def test_atomic_save_failure_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_torch_save({"step": 2}, target)
     assert load(target)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def _ddp_fit(root: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    cfg = {
+        "seed_everything": 0,
+        "model": {"class_path": "gddim_lightning.module.DiffusionModule", "init_args": {
+            "process": {"class_path": "gddim_lightning.sdes.VPSDE"},
+            "backbone": {"class_path": "gddim_lightning.nets.MLP", "init_args": {"hidden": 16, "depth": 1}}}},
+        "data": {"class_path": "gddim_lightning.data.ToyDataModule",
+                 "init_args": {"name": "checkerboard", "n_train": 512, "n_val": 64, "batch_size": 32}},
+        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": steps,
+                    "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "checkpoint": {"dirpath": str(root)},
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "gddim_lightning", "fit", "--config", str(root / "cfg.yaml"), *extra]
+    env = clean_env()  # tests/ on the path too, for helpers.SignalAtStep
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), env["PYTHONPATH"]])
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step_and_resumes_exactly(tmp_path):
+    """SIGTERM to rank 0 only (as a scheduler might deliver it): the ranks agree, both stop after the
+    same step, one checkpoint is written, and resuming under DDP equals the uninterrupted DDP run."""
+    straight = _ddp_fit(tmp_path / "straight", 7)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    cb = ('--trainer.callbacks=[{"class_path": "helpers.SignalAtStep", '
+          '"init_args": {"step": 3, "signum": 15, "rank": 0}}]')
+    cut = _ddp_fit(tmp_path / "cut", 7, cb)
+    assert cut.returncode == 143, cut.stderr[-3000:]
+    assert "training stopped by SIGTERM" in cut.stderr
+    assert load(tmp_path / "cut" / "last.ckpt")["global_step"] == 4
+    resumed = _ddp_fit(tmp_path / "cut", 7, "--ckpt_path", str(tmp_path / "cut" / "last.ckpt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_state(load(tmp_path / "straight" / "last.ckpt"), load(tmp_path / "cut" / "last.ckpt"))

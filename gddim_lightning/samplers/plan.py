@@ -17,6 +17,8 @@ remaining integrals use Gauss-Legendre quadrature per step.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -49,7 +51,19 @@ class Plan:
         """Coefficient ``name`` in ``dtype`` on ``device``, viewed as ``[N, ..., b, b, *block_grid]``."""
         key = (name, dtype, str(device))
         if key not in self._converted:
-            self._converted[key] = self.process.layout.view(self.coeffs[name]).to(dtype=dtype, device=device)
+            src = self.coeffs[name]
+            # checked on the float64 CPU source (no device sync): an overflow is named, not turned into inf
+            big = src.abs().max().item() if src.numel() else 0.0
+            if not math.isfinite(big):
+                raise FloatingPointError(f"plan coefficient {name!r} contains NaN or inf even in float64 "
+                                         f"(grid {self.times.tolist()[:4]}...); this is a bug, please report it")
+            if big > torch.finfo(dtype).max:
+                raise ValueError(
+                    f"plan coefficient {name!r} reaches {big:.3g}, beyond the range of {dtype}: the time grid is "
+                    "too ill-conditioned for this sampler (nearly coincident times, gaps many orders of magnitude "
+                    "apart, under a multistep order of 3 or 4); use a lower order, a better-spaced grid or float64"
+                )
+            self._converted[key] = self.process.layout.view(src).to(dtype=dtype, device=device)
         return self._converted[key]
 
 
