@@ -91,15 +91,23 @@ class DiffusionModule(L.LightningModule):
         """Shape of one network output: the state shape (eps on every state component)."""
         return tuple(self.process.state_shape)
 
+    #: keyword names under which backbones take their output channel count (UNet, MLP)
+    OUTPUT_KEYWORDS = ("out_channels", "out_dim")
+
     def _build_backbone(self, backbone: Callable[..., nn.Module]) -> nn.Module:
-        """Called with the state's channel count, plus the output channel count where they differ."""
+        """Called with the state's channel count; where the output differs (a velocity-only CLD network)
+        also with the output count as ``out_channels=`` (UNet) or ``out_dim=`` (MLP)."""
         c_in, c_out = self.process.state_shape[0], self.output_shape[0]
-        try:
-            return backbone(c_in) if c_out == c_in else backbone(c_in, c_out)
-        except TypeError as err:
-            raise ValueError(f"model.backbone could not be built with {c_in} input and {c_out} output "
-                             f"channels (leave its in/out channel arguments unset; the model sets them): {err}"
-                             ) from err
+        if c_out == c_in:
+            return backbone(c_in)
+        for key in self.OUTPUT_KEYWORDS:
+            try:
+                return backbone(c_in, **{key: c_out})
+            except TypeError as err:
+                if f"unexpected keyword argument '{key}'" not in str(err):
+                    raise
+        raise ValueError(f"model.backbone must produce {c_out} output channels (state: {c_in}), but it takes none "
+                         f"of the keywords {self.OUTPUT_KEYWORDS}; add one to the backbone's __init__")
 
     def _check_backbone(self) -> None:
         u = torch.zeros(2, *self.process.state_shape)

@@ -43,7 +43,9 @@ def test_config_parses(name, capsys):
     assert err.value.code in (0, None)
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert {"model", "data", "trainer", "checkpoint", "predict"} <= set(cfg)
-    assert cfg["model"]["init_args"]["sampler"]["class_path"] == "gddim_lightning.samplers.GDDIM"
+    # gDDIM everywhere except the CLD paper's setting, whose velocity-only network samples with SSCS
+    sampler = "SSCS" if name == "cld_paper.yaml" else "GDDIM"
+    assert cfg["model"]["init_args"]["sampler"]["class_path"] == f"gddim_lightning.samplers.{sampler}"
     assert cfg["checkpoint"]["save_last"] is True
 
 

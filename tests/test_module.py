@@ -182,7 +182,7 @@ class VelocityNet(nn.Module):
 def velocity_module(shape=(2,), **kw):
     kw = {"sampler": GDDIM(nfe=6, order=2, K="L", denoise="none"), "parameterization": "L",
           "network_output": "velocity", **kw}
-    return CLDModule(process=CLD, backbone=lambda c_in, c_out: VelocityNet(lambda u, t: torch.zeros_like(u), (c_out, *shape[1:])),
+    return CLDModule(process=CLD, backbone=lambda c_in, out_channels: VelocityNet(lambda u, t: torch.zeros_like(u), (out_channels, *shape[1:])),
                      data_shape=shape, **kw).double()
 
 
@@ -223,6 +223,9 @@ def test_velocity_only_network_refuses_what_needs_the_position_score():
     for bad in (GDDIM(nfe=6, K="L"), GDDIM(nfe=6, lambda_=1.0, order=1), EulerMaruyama(6, denoise="tweedie")):
         with pytest.raises(ValueError, match="K='L', SSCS"):
             m.sample(range(2), bad)
-    with pytest.raises(ValueError, match="output channels"):
+    with pytest.raises(ValueError, match="takes none of the keywords"):
         CLDModule(process=CLD, backbone=lambda c: MLP(c), data_shape=(2,), parameterization="L",
                   network_output="velocity", sampler=SSCS(6))
+    m = CLDModule(process=CLD, backbone=functools.partial(MLP, hidden=8), data_shape=(3,), parameterization="L",
+                  network_output="velocity", sampler=SSCS(6))
+    assert (m.net.in_dim, m.net.out_dim) == (6, 3)
