@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -64,6 +65,39 @@ def _walk(value: Any, prefix: str = "") -> Any:
             yield from _walk(v, f"{prefix}[{i}]")
     else:
         yield prefix, value
+
+
+_UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+
+
+def _own_error(err: BaseException) -> BaseException:
+    """The first exception in ``err``'s cause chain that is not jsonargparse's Union wrapper (``err``
+    itself if it is not one)."""
+    seen = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if _UNION_WRAPPER not in str(cur):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return err
+
+
+def _check_config_file(parser: Any, path: str) -> None:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        parser.error(f"--config {path}: not a UTF-8 text file ({err.reason} at byte {err.start}); a config is a "
+                     "YAML file such as configs/cld.yaml")
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        parser.error(f"--config {path}: not valid YAML{at}: {problem}")
+    if not isinstance(data, dict):
+        what = "an empty file" if data is None else f"a {type(data).__name__}"
+        parser.error(f"--config {path}: expected a YAML mapping of sections (model:, data:, trainer:, ...), "
+                     f"got {what}")
 
 
 class PredictOptions:
@@ -186,6 +220,29 @@ class GDDIMCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_class_arguments(PredictOptions, "predict", as_group=False, instantiate=False)
 
+    # ------------------------------------------------------------------ parsing and building
+    def parse_arguments(self, parser, args) -> None:
+        """Checks every ``--config`` file first: one error naming the file if it is not UTF-8 text, not
+        YAML, or not a mapping of sections (jsonargparse's own messages name neither)."""
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        for i, arg in enumerate(argv):
+            path = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else (
+                arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+            if path is not None and Path(path).is_file():
+                _check_config_file(parser, path)
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        """A constructor's own error (a wrong channel count, an impossible sampler setting) is the message,
+        not jsonargparse's wrapper around it ("Does not validate against any of the Union subtypes")."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            cause = _own_error(err)
+            if cause is err:
+                raise
+            self.parser.error(str(cause))
+
     # ------------------------------------------------------------------ checkpoint hyperparameters
     def _parse_ckpt_path(self) -> None:
         """Applies the checkpoint's model hyperparameters on top of the configured model.
@@ -257,6 +314,7 @@ class GDDIMCLI(LightningCLI):
             # torch's own first line suggests weights_only=False: quote the specific cause instead
             reason = next((line.rstrip(".") for line in lines if "GLOBAL" in line or "Unsupported" in line),
                           type(err).__name__)
+            reason = reason.split(". Please use")[0]  # torch's advice to allow-list the global: not ours to give
             self.parser.error(
                 f"--ckpt_path {ckpt} cannot be loaded safely: {reason}. gddim-lightning only loads checkpoints "
                 "with torch.load(weights_only=True): the file is corrupt, not a checkpoint, or holds pickled "
@@ -362,6 +420,7 @@ def main(args: list[str] | None = None, run: bool = True) -> GDDIMCLI:
         save_config_kwargs={"overwrite": False},
         trainer_defaults={"callbacks": [ResumeRNGState(), InterruptCheckpoint()]},
         auto_configure_optimizers=False,  # the module owns its optimiser (lr, betas, warm-up)
+        parser_kwargs={"allow_abbrev": False},  # --trainer.max_step is an error, not --trainer.max_steps
         args=args,
         run=run,
     )

@@ -69,6 +69,9 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters(ignore=["process", "backbone", "sampler"])
         if parameterization not in ("R", "L"):
             raise ValueError(f"model.parameterization must be 'R' (gDDIM) or 'L' (Cholesky), got {parameterization!r}")
+        if data_shape is None:
+            raise ValueError("model.data_shape is not set: the CLI links it from the data module's data_shape "
+                             "(a data module that has none cannot train); set model.init_args.data_shape")
         self.data_shape = tuple(int(d) for d in data_shape)
         self.process = process(self.data_shape)
         if not isinstance(self.process, LinearSDE):
@@ -127,6 +130,12 @@ class DiffusionModule(L.LightningModule):
         """Refuse a sampler this model cannot drive (subclasses with partial outputs override)."""
         if not isinstance(sampler, Sampler):
             raise TypeError(f"{name} must be a gddim_lightning sampler, got {type(sampler).__name__}")
+        if not 0 < sampler.t_min < self.process.T:
+            raise ValueError(f"{name}.t_min={sampler.t_min} must lie in (0, T={self.process.T}) of "
+                             f"{type(self.process).__name__}")
+        grid, steps = getattr(sampler, "grid", None), getattr(sampler, "n_steps", None)
+        if grid is not None and steps is not None:
+            grid(self.process, steps, sampler.t_min)  # an explicit grid that does not fit fails now, not mid-run
 
     def _gaussian_eps(self, u: Tensor, t: Tensor) -> Tensor:
         """Exact eps (in this module's parameterisation) if the data were N(0, I)."""

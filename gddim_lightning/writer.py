@@ -158,7 +158,7 @@ class SampleWriter(BasePredictionWriter):
         self.formats = _parse_formats(format)
         self.overwrite = bool(overwrite)
         if int(grid_size) < 1:
-            raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+            raise ValueError(f"predict.grid_size must be >= 1, got {grid_size}")
         self.grid_size = int(grid_size)
         self.extra_meta = dict(meta or {})
         self._reset()

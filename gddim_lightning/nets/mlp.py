@@ -160,8 +160,9 @@ class MLP(nn.Module):
         if u.ndim != 2 or u.shape[1] != self.in_dim:
             raise ValueError(
                 f"MLP(in_dim={self.in_dim}) expects input of shape [B, {self.in_dim}]; "
-                f"got {tuple(u.shape)}. Flatten the data or set in_dim to its feature "
-                "size (for CLD the state has 2x the data dimension)."
+                f"got {tuple(u.shape)}. For images use the UNet backbone (gddim_lightning.nets.UNet); "
+                "for flat data in_dim is the number of features (DiffusionModule sets it; for CLD "
+                "the state has 2x the data dimension)."
             )
         t = broadcast_time(t, u.shape[0], device=u.device)
         dtype = self.in_proj.weight.dtype
