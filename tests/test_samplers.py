@@ -765,3 +765,20 @@ def test_full_score_samplers_do_use_position_eps(make):
     a = s.sample(p, eps, SampleNoise([2, 7, 1], dtype=F64))
     b = s.sample(p, GarbledPositionEps(p, eps), SampleNoise([2, 7, 1], dtype=F64))
     assert (a.state - b.state).abs().max() > 1e-3
+
+
+def test_explicit_solvers_warn_beyond_their_stability_bound():
+    """BDM's blur makes |F_t| reach 231 (8x8, sigma_blur_max 2): Euler-type steps longer than 2/231 warn, with
+    the step count that avoids it; VP and CLD at the same NFE do not warn."""
+    import warnings
+
+    p = BDM((1, 8, 8), sigma_blur_max=2.0)
+    eps = ring_mixture(p.data_shape, k=3, seed=1).eps_fn(p)
+    for sampler in (EulerMaruyama(50), Heun(51)):
+        with pytest.warns(RuntimeWarning, match=r"exceeds the explicit stability bound 2/\|F_t\| = 0.00865 .*about 116"):
+            sampler.sample(p, eps, SampleNoise([1], dtype=F64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        EulerMaruyama(300).sample(p, eps, SampleNoise([1], dtype=F64))
+        for q in (VPSDE((2,)), CLD((2,))):
+            EulerMaruyama(50).sample(q, ring_mixture((2,), k=3, seed=1).eps_fn(q), SampleNoise([1], dtype=F64))
