@@ -1,7 +1,18 @@
 """Shared test settings."""
 
+import atexit
+import shutil
+import tempfile
+
 import pytest
 import torch
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis caches the constants it mines from local modules under <cwd>/.hypothesis; keep it in a
+# temporary folder that goes away with the session, so a test run leaves nothing in the checkout.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="gddim-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
