@@ -41,6 +41,7 @@ class Plan:
         self.process = process
         self.times = times
         self.coeffs = coeffs
+        self.drift_radius: Tensor | None = None  # set by `drift_plan`
         self._converted: dict[tuple, Tensor] = {}
 
     @property
@@ -202,11 +203,21 @@ def stochastic_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
     return cached_plan(process, _key("stochastic", times, float(lambda_)), build)
 
 
+def _spectral_radius(F: Tensor) -> Tensor | None:
+    """``max |eig(F_t)|`` over the blocks at each grid time ``[N + 1]``; None for blocks larger than
+    32x32 (eigenvalues at every grid time would cost more than sampling)."""
+    if F.shape[-1] > 32:
+        return None
+    return torch.linalg.eigvals(F).abs().reshape(F.shape[0], -1).amax(dim=1)
+
+
 def drift_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
     """Grid values for explicit solvers of the lambda-family (Euler-Maruyama, Euler, Heun):
 
     drift(u, eps) = F u + (1 + lambda^2)/2 G G^T R^{-T} eps  (``score = -R^{-T} eps``),
-    diffusion = lambda G, all evaluated at every grid time ``[N + 1]``."""
+    diffusion = lambda G, all evaluated at every grid time ``[N + 1]``. The plan also carries
+    ``drift_radius``, the spectral radius of ``F`` at each grid time (None for large blocks), computed
+    once for the explicit solvers' stability check."""
 
     def build() -> Plan:
         c = 0.5 * (1 + float(lambda_) ** 2)
@@ -216,6 +227,8 @@ def drift_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
             "D": c * bmm(process.GGT(times), Rinv_T),
             "G": float(lambda_) * process.G(times),
         }
-        return Plan(process, times, coeffs)
+        plan = Plan(process, times, coeffs)
+        plan.drift_radius = _spectral_radius(coeffs["F"])
+        return plan
 
     return cached_plan(process, _key("drift", times, float(lambda_)), build)
