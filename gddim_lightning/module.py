@@ -130,12 +130,10 @@ class DiffusionModule(L.LightningModule):
         """Refuse a sampler this model cannot drive (subclasses with partial outputs override)."""
         if not isinstance(sampler, Sampler):
             raise TypeError(f"{name} must be a gddim_lightning sampler, got {type(sampler).__name__}")
-        if not 0 < sampler.t_min < self.process.T:
-            raise ValueError(f"{name}.t_min={sampler.t_min} must lie in (0, T={self.process.T}) of "
-                             f"{type(self.process).__name__}")
-        grid, steps = getattr(sampler, "grid", None), getattr(sampler, "n_steps", None)
-        if grid is not None and steps is not None:
-            grid(self.process, steps, sampler.t_min)  # an explicit grid that does not fit fails now, not mid-run
+        try:
+            sampler.check(self.process)  # at build time, not at the first sampling callback
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
 
     def _gaussian_eps(self, u: Tensor, t: Tensor) -> Tensor:
         """Exact eps (in this module's parameterisation) if the data were N(0, I)."""

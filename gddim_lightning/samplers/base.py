@@ -144,8 +144,7 @@ class Sampler:
             u_T: optional initial state ``[B, *state_shape]``; by default ``R_T z`` from ``noise``.
             callback: called after every step with a dict (``step``, ``t``, ``u``, ``eps``).
         """
-        if not 0 < self.t_min < process.T:
-            raise ValueError(f"t_min={self.t_min} must lie in (0, T={process.T})")
+        self.check(process)
         if u_T is None:
             u_T = process.prior_sample(noise.randn(process.state_shape))
         else:
@@ -159,6 +158,11 @@ class Sampler:
             u, t_end, info = self.run(process, counted, noise, u_T, callback)
             u = self.final_step(process, counted, u, t_end)
         return SampleResult(process.layout.project(u), u, counted.nfe, info)
+
+    def check(self, process: LinearSDE) -> None:
+        """Raises ValueError for settings that cannot run on ``process`` (before anything is sampled)."""
+        if not 0 < self.t_min < process.T:
+            raise ValueError(f"t_min={self.t_min} must lie in (0, T={process.T}) of {type(process).__name__}")
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:

@@ -79,6 +79,10 @@ class GDDIM(Sampler):
     def n_steps(self) -> int:
         return self.nfe - self.denoise_nfe
 
+    def check(self, process: LinearSDE) -> None:
+        super().check(process)
+        self.grid(process, self.n_steps, self.t_min)  # an explicit grid that does not fit the NFE fails here
+
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
         times = self.grid(process, self.n_steps, self.t_min)
