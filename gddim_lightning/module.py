@@ -144,7 +144,7 @@ class DiffusionModule(L.LightningModule):
         P[lay.data_index, lay.data_index] = 1.0
         C = p.Sigma(t64) + psi @ P @ psi.transpose(-1, -2)
         A = p.K(t64, self.parameterization).transpose(-1, -2) @ torch.linalg.inv(C)
-        return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
+        return p.apply_state(A, u)
 
     def predict_eps(self, u: Tensor, t: Tensor, use_ema: bool = False) -> Tensor:
         """Network eps in the module's parameterisation (``[B, *state_shape]``)."""

@@ -42,8 +42,7 @@ def tt(x) -> torch.Tensor:
 
 def app(p, A, u):
     """Apply block coefficients ``[n, b, b]`` to a state batch."""
-    lay = p.layout
-    return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
+    return p.apply_state(A, u)
 
 
 def lifted(p, x0, B):

@@ -179,25 +179,27 @@ class LinearSDE:
     def eps_to_score(self, eps: Tensor, t: Tensor, kind: str = "R") -> Tensor:
         """``score = -K_t^{-T} eps`` (t of shape ``[B]`` or scalar)."""
         Kinv_T = torch.linalg.inv(self.K(as_time(t), kind)).transpose(-1, -2)
-        return -self._apply_state(Kinv_T, eps)
+        return -self.apply_state(Kinv_T, eps)
 
     def score_to_eps(self, score: Tensor, t: Tensor, kind: str = "R") -> Tensor:
         """``eps = -K_t^T score``."""
-        return -self._apply_state(self.K(as_time(t), kind).transpose(-1, -2), score)
+        return -self.apply_state(self.K(as_time(t), kind).transpose(-1, -2), score)
 
     def eps_R_to_L(self, eps_R: Tensor, t: Tensor) -> Tensor:
         """Convert an ``R``-parameterised eps to the ``L`` one: ``eps_L = L^T R^{-T} eps_R``."""
         t = as_time(t)
         M = self.L(t).transpose(-1, -2) @ torch.linalg.inv(self.R(t)).transpose(-1, -2)
-        return self._apply_state(M, eps_R)
+        return self.apply_state(M, eps_R)
 
     def eps_L_to_R(self, eps_L: Tensor, t: Tensor) -> Tensor:
         """Inverse of `eps_R_to_L`: ``eps_R = R^T L^{-T} eps_L``."""
         t = as_time(t)
         M = self.R(t).transpose(-1, -2) @ torch.linalg.inv(self.L(t)).transpose(-1, -2)
-        return self._apply_state(M, eps_L)
+        return self.apply_state(M, eps_L)
 
-    def _apply_state(self, A: Tensor, u: Tensor) -> Tensor:
+    def apply_state(self, A: Tensor, u: Tensor) -> Tensor:
+        """Applies block coefficients ``A`` (``[n, b, b]`` or one ``[b, b]``, float64) to a state batch
+        ``u [B, *state_shape]``, in ``u``'s dtype and device."""
         lay = self.layout
         lay.check_state(u)
         return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
