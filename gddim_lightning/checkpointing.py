@@ -91,7 +91,6 @@ class InterruptCheckpoint(Callback):
     def __init__(self, filename: str | None = None) -> None:
         self.filename = filename
         self.signum: int | None = None
-        self.path: str | None = None
         self._previous: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ signal handling
@@ -119,7 +118,7 @@ class InterruptCheckpoint(Callback):
         self._previous = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.signum, self.path = None, None
+        self.signum = None
         self._install()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -155,7 +154,6 @@ class InterruptCheckpoint(Callback):
                 cb.last_model_path = path
             trainer.save_checkpoint(path, weights_only=False)
             rank_zero_info(f"checkpoint written to {path}")
-        self.path = path
         raise TrainingInterrupted(self.signum, path)
 
     def _target(self, trainer: Trainer) -> str | None:

@@ -296,7 +296,6 @@ class CLDModule(DiffusionModule):
             raise ValueError(f"model.score_matching must be 'hsm' or 'dsm', got {score_matching!r}")
         self.score_matching = score_matching
         self.loss_on = loss_on
-        self.network_output = network_output
         p = self.process
         # Conditional kernel given (x0, v0): same dynamics, no initial velocity variance.
         self._dsm = CLD(p.data_shape, p.beta0, p.beta_slope, p.m_inv, 0.0, p.eps_num, p.Gamma, p.T)
@@ -304,7 +303,7 @@ class CLDModule(DiffusionModule):
     @property
     def output_shape(self) -> tuple[int, ...]:
         shape = tuple(self.process.state_shape)
-        if getattr(self, "_velocity_only", False):
+        if self._velocity_only:  # set before the base __init__, which calls this
             return (shape[0] // 2, *shape[1:])  # the state is [x channels, v channels]
         return shape
 
@@ -332,7 +331,7 @@ class CLDModule(DiffusionModule):
 
     def check_sampler(self, sampler: Sampler, name: str = "sampler") -> None:
         super().check_sampler(sampler, name)
-        if getattr(self, "_velocity_only", False) and sampler.needs_full_score:
+        if self._velocity_only and sampler.needs_full_score:
             raise ValueError(
                 f"{name} {type(sampler).__name__} uses the position score, which a velocity-only network "
                 "(model.network_output='velocity') does not predict. Use GDDIM with K='L', SSCS, "

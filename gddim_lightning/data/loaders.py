@@ -110,13 +110,10 @@ class ResumableLoader(DataLoader):
         """The next iterator continues the saved epoch, or starts the next one if it was finished."""
         if set(state_dict) != {"epoch_start", "after_draws", "served"}:
             raise ValueError(f"not a ResumableLoader state: keys {sorted(state_dict)}")
-        if int(state_dict["served"]) >= len(self) or self._epoch_start_missing(state_dict):
+        # (saved before any epoch: epoch_start is the current state and nothing was served, so resuming
+        # it is a fresh start)
+        if int(state_dict["served"]) >= len(self):
             self.generator.set_state(state_dict["after_draws"])
             self._resume = None
         else:
             self._resume = dict(state_dict)
-
-    @staticmethod
-    def _epoch_start_missing(state_dict: dict[str, Any]) -> bool:
-        # saved before the first epoch started: nothing to continue
-        return int(state_dict["served"]) == 0 and torch.equal(state_dict["epoch_start"], state_dict["after_draws"])
