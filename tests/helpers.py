@@ -6,9 +6,17 @@ import os
 import socket
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+F64 = torch.float64
+
+
+def tt(x) -> torch.Tensor:
+    """``x`` as a float64 tensor (times, reference values in the float64 tests)."""
+    return torch.as_tensor(x, dtype=F64)
 
 _DIST_VARS = {"LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
               "MASTER_PORT", "CUDA_VISIBLE_DEVICES"}

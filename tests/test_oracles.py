@@ -14,12 +14,7 @@ from torch.distributions import MultivariateNormal
 
 from gddim_lightning.oracles import Gaussian, GaussianMixture, MixtureEps, PointMass, ring_mixture
 from gddim_lightning.sdes import BDM, CLD, VPSDE
-
-F64 = torch.float64
-
-
-def tt(x) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=F64)
+from helpers import F64, tt
 
 
 def dense_psi_sigma(p, t):

@@ -28,12 +28,7 @@ from gddim_lightning.samplers import (
 )
 from gddim_lightning.oracles import PointMass
 from gddim_lightning.sdes import BDM, CLD, VPSDE
-
-F64 = torch.float64
-
-
-def tt(x) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=F64)
+from helpers import F64, tt
 
 
 def processes():

@@ -32,12 +32,7 @@ from gddim_lightning.samplers import (
     stochastic_plan,
 )
 from gddim_lightning.sdes import BDM, CLD, VPSDE
-
-F64 = torch.float64
-
-
-def tt(x) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=F64)
+from helpers import F64, tt
 
 
 def app(p, A, u):

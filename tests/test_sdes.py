@@ -29,12 +29,7 @@ from gddim_lightning.sdes import (
     dct_matrix,
     idct2,
 )
-
-F64 = torch.float64
-
-
-def tt(x) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=F64)
+from helpers import F64, tt
 
 
 # --------------------------------------------------------------------------- independent closed forms
