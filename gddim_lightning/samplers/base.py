@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+import math
 from typing import Any
 
 import torch
@@ -102,6 +103,11 @@ class Sampler:
         denoise: final step from ``t_min`` to 0, costing one evaluation: ``"tweedie"`` (posterior
             mean ``Psi(t,0)^{-1}(u - R_t eps)``), ``"euler"`` (noise-free Euler step of the reverse SDE,
             as in the CLD/gDDIM papers) or ``"none"``.
+        t_start: first time of the grid, where the prior ``N(0, Sigma_t)`` is drawn (default: the
+            process's ``T``).
+        rho_start: start instead where the noise-to-signal ratio `LinearSDE.noise_to_signal` equals
+            this (the official gDDIM BDM sampler: 80, EDM's ``sigma_max``); ``T`` if the process never
+            gets that noisy. Give ``t_start`` or ``rho_start``, not both.
     """
 
     #: True where every step uses the model only through the reverse-time drift ``G G^T score`` (the
@@ -109,13 +115,30 @@ class Sampler:
     #: for CLD the velocity part, all that a velocity-only network (`CLDModule`) predicts.
     drift_only: bool = False
 
-    def __init__(self, t_min: float = 1e-3, denoise: str = "tweedie") -> None:
+    def __init__(self, t_min: float = 1e-3, denoise: str = "tweedie", t_start: float | None = None,
+                 rho_start: float | None = None) -> None:
         if not t_min > 0:
             raise ValueError(f"t_min must be > 0 (the denoising step covers t_min -> 0), got {t_min}")
         if denoise not in DENOISE:
             raise ValueError(f"denoise={denoise!r} is not one of {DENOISE}")
+        if t_start is not None and rho_start is not None:
+            raise ValueError(f"give t_start or rho_start, not both (got {t_start} and {rho_start})")
+        if t_start is not None and not (math.isfinite(t_start) and t_start > t_min):
+            raise ValueError(f"t_start must be a finite time above t_min={t_min}, got {t_start}")
+        if rho_start is not None and not (math.isfinite(rho_start) and rho_start > 0):
+            raise ValueError(f"rho_start must be a positive finite noise-to-signal ratio, got {rho_start}")
         self.t_min = float(t_min)
         self.denoise = denoise
+        self.t_start = None if t_start is None else float(t_start)
+        self.rho_start = None if rho_start is None else float(rho_start)
+
+    def start_time(self, process: LinearSDE) -> float:
+        """The first grid time on ``process``: ``t_start``, the time of ``rho_start``, or ``T``."""
+        if self.t_start is not None:
+            return self.t_start
+        if self.rho_start is not None:
+            return process.time_at_rho(self.rho_start)
+        return process.T
 
     @property
     def needs_full_score(self) -> bool:
@@ -141,12 +164,13 @@ class Sampler:
             process: the linear process the model was trained on.
             eps_fn: ``(u, t) -> eps`` (``R`` parameterisation).
             noise: per-sample random streams (also fixes dtype and device).
-            u_T: optional initial state ``[B, *state_shape]``; by default ``R_T z`` from ``noise``.
+            u_T: optional initial state ``[B, *state_shape]`` at the start time; by default ``R_t z``
+                from ``noise`` at `start_time`.
             callback: called after every step with a dict (``step``, ``t``, ``u``, ``eps``).
         """
         self.check(process)
         if u_T is None:
-            u_T = process.prior_sample(noise.randn(process.state_shape))
+            u_T = process.prior_sample(noise.randn(process.state_shape), self.start_time(process))
         else:
             process.layout.check_state(u_T, "u_T")
             if u_T.shape[0] != len(noise):
@@ -163,10 +187,18 @@ class Sampler:
         """Raises ValueError for settings that cannot run on ``process`` (before anything is sampled)."""
         if not 0 < self.t_min < process.T:
             raise ValueError(f"t_min={self.t_min} must lie in (0, T={process.T}) of {type(process).__name__}")
+        start = self.start_time(process)
+        if not self.t_min < start <= process.T:
+            raise ValueError(f"the sampler starts at t={start:.6g} (t_start={self.t_start}, rho_start={self.rho_start}),"
+                             f" which must lie in (t_min={self.t_min}, T={process.T}] of {type(process).__name__}")
+
+    def times(self, process: LinearSDE, n_steps: int) -> Tensor:
+        """The sampler's grid: ``n_steps + 1`` times from `start_time` to ``t_min``."""
+        return self.grid(process, n_steps, self.t_min, self.start_time(process))
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        """Integrate from ``T`` to ``t_min``; return the state, the time reached, and extras."""
+        """Integrate from `start_time` to ``t_min``; return the state, the time reached, and extras."""
         raise NotImplementedError
 
     def final_step(self, process: LinearSDE, eps: CountingEps, u: Tensor, t: float) -> Tensor:

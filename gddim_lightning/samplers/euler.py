@@ -49,13 +49,16 @@ class EulerMaruyama(Sampler):
         grid: time grid (default uniform).
         t_min: last grid time.
         denoise: final step (see `Sampler`).
+        t_start: first grid time (see `Sampler`; default ``T``).
+        rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
     """
 
     drift_only = True
 
     def __init__(self, nfe: int = 1000, lambda_: float = 1.0, grid: TimeGrid | None = None,
-                 t_min: float = 1e-3, denoise: str = "euler") -> None:
-        super().__init__(t_min, denoise)
+                 t_min: float = 1e-3, denoise: str = "euler", t_start: float | None = None,
+                 rho_start: float | None = None) -> None:
+        super().__init__(t_min, denoise, t_start, rho_start)
         self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
         if not lambda_ >= 0:
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
@@ -65,7 +68,7 @@ class EulerMaruyama(Sampler):
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
         lay = process.layout
-        times = self.grid(process, self.nfe - self.denoise_nfe, self.t_min)
+        times = self.times(process, self.nfe - self.denoise_nfe)
         plan = drift_plan(process, times, self.lambda_)
         warn_if_unstable(type(self).__name__, plan)
         F, D, G = (plan.get(k, u.dtype, u.device) for k in ("F", "D", "G"))
@@ -87,8 +90,8 @@ class ProbabilityFlowEuler(EulerMaruyama):
     """Euler's method on the probability-flow ODE (Euler-Maruyama with ``lambda = 0``)."""
 
     def __init__(self, nfe: int = 1000, grid: TimeGrid | None = None, t_min: float = 1e-3,
-                 denoise: str = "euler") -> None:
-        super().__init__(nfe, 0.0, grid, t_min, denoise)
+                 denoise: str = "euler", t_start: float | None = None, rho_start: float | None = None) -> None:
+        super().__init__(nfe, 0.0, grid, t_min, denoise, t_start, rho_start)
 
 
 class Heun(Sampler):
@@ -99,13 +102,15 @@ class Heun(Sampler):
         grid: time grid (default uniform).
         t_min: last grid time.
         denoise: final step (see `Sampler`).
+        t_start: first grid time (see `Sampler`; default ``T``).
+        rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
     """
 
     drift_only = True
 
     def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
-                 denoise: str = "euler") -> None:
-        super().__init__(t_min, denoise)
+                 denoise: str = "euler", t_start: float | None = None, rho_start: float | None = None) -> None:
+        super().__init__(t_min, denoise, t_start, rho_start)
         self.nfe = check_int("nfe", nfe, 2 + self.denoise_nfe)
         if (self.nfe - self.denoise_nfe) % 2:
             raise ValueError(f"Heun uses 2 evaluations per step: nfe - {self.denoise_nfe} (denoising) must be "
@@ -115,7 +120,7 @@ class Heun(Sampler):
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
         lay = process.layout
-        times = self.grid(process, (self.nfe - self.denoise_nfe) // 2, self.t_min)
+        times = self.times(process, (self.nfe - self.denoise_nfe) // 2)
         plan = drift_plan(process, times, 0.0)
         warn_if_unstable("Heun", plan)
         F, D = plan.get("F", u.dtype, u.device), plan.get("D", u.dtype, u.device)

@@ -37,6 +37,8 @@ class GDDIM(Sampler):
         t_min: last grid time.
         denoise: ``"tweedie"``, ``"euler"`` or ``"none"`` (see `Sampler`).
         quad: Gauss-Legendre nodes per step for the multistep coefficients.
+        t_start: first grid time (see `Sampler`; default ``T``).
+        rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class GDDIM(Sampler):
         t_min: float = 1e-3,
         denoise: str = "tweedie",
         quad: int = 16,
+        t_start: float | None = None,
+        rho_start: float | None = None,
     ) -> None:
-        super().__init__(t_min, denoise)
+        super().__init__(t_min, denoise, t_start, rho_start)
         self.order = check_int("order", order, 1)
         if self.order > 4:
             raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
@@ -81,11 +85,11 @@ class GDDIM(Sampler):
 
     def check(self, process: LinearSDE) -> None:
         super().check(process)
-        self.grid(process, self.n_steps, self.t_min)  # an explicit grid that does not fit the NFE fails here
+        self.times(process, self.n_steps)  # an explicit grid that does not fit the NFE fails here
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        times = self.grid(process, self.n_steps, self.t_min)
+        times = self.times(process, self.n_steps)
         if self.lambda_ > 0:
             return self._run_stochastic(process, eps, noise, u, times, callback)
         lay = process.layout

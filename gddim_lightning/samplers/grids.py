@@ -1,7 +1,8 @@
-"""Time grids: decreasing float64 times ``t_0 = T > t_1 > ... > t_N = t_min``.
+"""Time grids: decreasing float64 times ``t_0 = t_start > t_1 > ... > t_N = t_min``.
 
-A grid is a small object called as ``grid(process, n_steps, t_min)``; it never knows about
-samplers. Every grid is validated by `check_grid`.
+A grid is a small object called as ``grid(process, n_steps, t_min, t_start)``; ``t_start`` defaults
+to the process's ``T`` and is chosen by the sampler (see `Sampler.start_time`). A grid never knows
+about samplers. Every grid is validated by `check_grid`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..sdes.base import LinearSDE
+from ..sdes.base import LinearSDE, invert_decreasing
 
 
 def check_grid(times: Tensor, T: float) -> Tensor:
@@ -33,14 +34,20 @@ def check_grid(times: Tensor, T: float) -> Tensor:
 class TimeGrid:
     """Base class of time grids."""
 
-    def __call__(self, process: LinearSDE, n_steps: int, t_min: float) -> Tensor:
+    def __call__(self, process: LinearSDE, n_steps: int, t_min: float, t_start: float | None = None) -> Tensor:
         if int(n_steps) < 1:
             raise ValueError(f"a time grid needs n_steps >= 1, got {n_steps}")
         if not 0 < t_min < process.T:
             raise ValueError(f"t_min must lie in (0, T={process.T}), got {t_min}")
-        return check_grid(self.times(process, int(n_steps), float(t_min)), process.T)
+        t_start = process.T if t_start is None else float(t_start)
+        if not t_min < t_start <= process.T:
+            raise ValueError(f"t_start must lie in (t_min={t_min}, T={process.T}], got {t_start}")
+        times = self.times(process, int(n_steps), float(t_min), t_start)
+        times[0], times[-1] = t_start, float(t_min)  # the ends exactly, whatever the formula's round-off
+        return check_grid(times, process.T)
 
-    def times(self, process: LinearSDE, n_steps: int, t_min: float) -> Tensor:
+    def times(self, process: LinearSDE, n_steps: int, t_min: float, t_start: float) -> Tensor:
+        """``n_steps + 1`` decreasing float64 times from ``t_start`` to ``t_min``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -50,12 +57,12 @@ class TimeGrid:
 class UniformGrid(TimeGrid):
     """Equally spaced times."""
 
-    def times(self, process: LinearSDE, n_steps: int, t_min: float) -> Tensor:
-        return torch.linspace(process.T, t_min, n_steps + 1, dtype=torch.float64)
+    def times(self, process: LinearSDE, n_steps: int, t_min: float, t_start: float) -> Tensor:
+        return torch.linspace(t_start, t_min, n_steps + 1, dtype=torch.float64)
 
 
 class PowerGrid(TimeGrid):
-    """``t_i = linspace(T^{1/p}, t_min^{1/p})^p``; ``power=2`` is the quadratic grid of the gDDIM/CLD papers.
+    """``t_i = linspace(t_start^{1/p}, t_min^{1/p})^p``; ``power=2`` is the quadratic grid of the gDDIM/CLD papers.
 
     Args:
         power: the exponent ``p`` (1 is uniform).
@@ -66,13 +73,13 @@ class PowerGrid(TimeGrid):
             raise ValueError(f"power must be positive, got {power}")
         self.power = float(power)
 
-    def times(self, process: LinearSDE, n_steps: int, t_min: float) -> Tensor:
+    def times(self, process: LinearSDE, n_steps: int, t_min: float, t_start: float) -> Tensor:
         p = self.power
-        return torch.linspace(process.T ** (1 / p), t_min ** (1 / p), n_steps + 1, dtype=torch.float64) ** p
+        return torch.linspace(t_start ** (1 / p), t_min ** (1 / p), n_steps + 1, dtype=torch.float64) ** p
 
 
 class QuadraticGrid(PowerGrid):
-    """The quadratic grid ``t_i = linspace(sqrt(T), sqrt(t_min))^2`` used by the paper's CLD results."""
+    """The quadratic grid ``t_i = linspace(sqrt(t_start), sqrt(t_min))^2`` used by the paper's CLD results."""
 
     def __init__(self) -> None:
         super().__init__(2.0)
@@ -81,33 +88,29 @@ class QuadraticGrid(PowerGrid):
 class LogSNRGrid(TimeGrid):
     """Times uniform in the process's log signal-to-noise ratio (`LinearSDE.log_snr`), found by bisection."""
 
-    def times(self, process: LinearSDE, n_steps: int, t_min: float) -> Tensor:
-        lo, hi = process.log_snr(torch.tensor([process.T, t_min], dtype=torch.float64)).tolist()
+    def times(self, process: LinearSDE, n_steps: int, t_min: float, t_start: float) -> Tensor:
+        lo, hi = process.log_snr(torch.tensor([t_start, t_min], dtype=torch.float64)).tolist()
         targets = torch.linspace(lo, hi, n_steps + 1, dtype=torch.float64)
-        a = torch.full_like(targets, t_min)
-        b = torch.full_like(targets, process.T)
-        for _ in range(60):  # log-SNR decreases in t
-            mid = 0.5 * (a + b)
-            above = process.log_snr(mid) > targets
-            a = torch.where(above, mid, a)
-            b = torch.where(above, b, mid)
-        out = 0.5 * (a + b)
-        out[0], out[-1] = process.T, t_min
-        return out
+        return invert_decreasing(process.log_snr, targets, t_min, t_start)
 
 
 class ExplicitGrid(TimeGrid):
-    """A user-given grid; ``n_steps`` and ``t_min`` must agree with it.
+    """A user-given grid; ``n_steps``, ``t_min`` and ``t_start`` must agree with it.
 
     Args:
-        times: strictly decreasing times from ``T`` to ``t_min``.
+        times: strictly decreasing times from the sampler's start time (default ``T``) to ``t_min``.
     """
 
     def __init__(self, times: Sequence[float]) -> None:
         self.times_list = [float(t) for t in times]
 
-    def __call__(self, process: LinearSDE, n_steps: int | None = None, t_min: float | None = None) -> Tensor:
+    def __call__(self, process: LinearSDE, n_steps: int | None = None, t_min: float | None = None,
+                 t_start: float | None = None) -> Tensor:
         times = check_grid(torch.tensor(self.times_list, dtype=torch.float64), process.T)
+        start = process.T if t_start is None else float(t_start)
+        if abs(start - times[0].item()) > 1e-12 * max(1.0, start):
+            raise ValueError(f"ExplicitGrid starts at {times[0].item():.6g} but the sampler starts at {start:.6g} "
+                             "(its t_start, rho_start or T); make them agree")
         if n_steps is not None and n_steps != times.numel() - 1:
             raise ValueError(f"ExplicitGrid has {times.numel() - 1} steps but the sampler asks for {n_steps}; "
                              "set the sampler's nfe to the grid's steps plus its denoising evaluation")
@@ -116,5 +119,3 @@ class ExplicitGrid(TimeGrid):
                              "make them agree")
         return times
 
-
-GRIDS = {"uniform": UniformGrid, "quadratic": QuadraticGrid, "logsnr": LogSNRGrid}

@@ -22,12 +22,15 @@ class RK45(Sampler):
         atol: absolute tolerance (CLD paper: 1e-5).
         t_min: end time.
         denoise: final step (see `Sampler`).
+        t_start: first grid time (see `Sampler`; default ``T``).
+        rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
     """
 
     drift_only = True
 
-    def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, t_min: float = 1e-3, denoise: str = "euler") -> None:
-        super().__init__(t_min, denoise)
+    def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, t_min: float = 1e-3, denoise: str = "euler",
+                 t_start: float | None = None, rho_start: float | None = None) -> None:
+        super().__init__(t_min, denoise, t_start, rho_start)
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
         self.rtol = float(rtol)
@@ -47,7 +50,7 @@ class RK45(Sampler):
             d = lay.apply(lay.view(process.F(tt).to(uu)), y) + lay.apply(lay.view(D.to(uu)), ye)
             return lay.from_blocks(d).to("cpu", torch.float64).reshape(-1).numpy()
 
-        res = solve_ivp(f, (process.T, self.t_min), u.detach().to("cpu", torch.float64).reshape(-1).numpy(),
+        res = solve_ivp(f, (self.start_time(process), self.t_min), u.detach().to("cpu", torch.float64).reshape(-1).numpy(),
                         method="RK45", rtol=self.rtol, atol=self.atol)
         if not res.success:
             raise RuntimeError(f"RK45 failed: {res.message}")

@@ -23,22 +23,32 @@ class SSCS(Sampler):
     The reverse SDE of CLD splits into an Ornstein-Uhlenbeck part
     ``A: dx = -M^{-1} v beta dt', dv = (x - Gamma M^{-1} v) beta dt' + sqrt(2 Gamma beta) dw``,
     solved exactly as a Gaussian, and a score part ``S: dv = 2 Gamma beta (score_v + M^{-1} v) dt'``
-    (Euler, eps at the mid-point). One step = A(h/2), S(h), A(h/2); one evaluation per step.
+    (Euler). One step = A(h/2), S(h), A(h/2); one evaluation per step.
 
     Args:
         nfe: total evaluations (``nfe - 1`` steps plus denoising).
         grid: time grid (default quadratic, the CLD paper's "QS").
         t_min: last grid time.
         denoise: final step (see `Sampler`).
+        score_time: where in the step the score part takes its time ``t`` and ``beta(t)``: ``"midpoint"``
+            (default; second order in time) or ``"start"``, as the CLD paper's code does (the score is
+            evaluated after the first half OU step but at the step's start time: the variant gDDIM was
+            compared against).
+        t_start: first grid time (see `Sampler`; default ``T``).
+        rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
     """
 
     drift_only = True
 
     def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
-                 denoise: str = "euler") -> None:
-        super().__init__(t_min, denoise)
+                 denoise: str = "euler", score_time: str = "midpoint", t_start: float | None = None,
+                 rho_start: float | None = None) -> None:
+        super().__init__(t_min, denoise, t_start, rho_start)
         self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
         self.grid = grid if grid is not None else QuadraticGrid()
+        if score_time not in ("midpoint", "start"):
+            raise ValueError(f"score_time must be 'midpoint' or 'start' (the CLD paper's code), got {score_time!r}")
+        self.score_time = score_time
 
     @staticmethod
     def _ou(process: CLD, B: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,36 +68,41 @@ class SSCS(Sampler):
             h = t - tp
             E1, N1 = self._ou(process, process.B(t, mid))
             E2, N2 = self._ou(process, process.B(mid, tp))
-            k = h * 2 * process.Gamma * process.beta(mid)  # [N]
+            at = self._score_times(times)
+            k = h * 2 * process.Gamma * process.beta(at)  # [N]
             Sy = torch.eye(2, dtype=torch.float64).repeat(len(h), 1, 1)
             Sy[:, 1, 1] += k * process.m_inv
             ev = torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-            Se = -k[:, None, None] * (ev @ torch.linalg.inv(process.R(mid)[:, 0]).transpose(-1, -2))
+            Se = -k[:, None, None] * (ev @ torch.linalg.inv(process.R(at)[:, 0]).transpose(-1, -2))
             N2[-1] = 0  # no noise in the very last half-step
             c = {k_: v.unsqueeze(1) for k_, v in dict(E1=E1, N1=N1, E2=E2, N2=N2, Sy=Sy, Se=Se).items()}
             return Plan(process, times, c)
 
-        return cached_plan(process, ("sscs", tuple(times.tolist())), build)
+        return cached_plan(process, ("sscs", tuple(times.tolist()), self.score_time), build)
+
+    def _score_times(self, times: Tensor) -> Tensor:
+        """The time at which each step evaluates the score ``[N]``."""
+        return 0.5 * (times[:-1] + times[1:]) if self.score_time == "midpoint" else times[:-1]
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
         if not isinstance(process, CLD):
             raise ValueError(f"SSCS is the CLD paper's sampler and needs a CLD process, got {type(process).__name__}")
         lay = process.layout
-        times = self.grid(process, self.nfe - self.denoise_nfe, self.t_min)
+        times = self.times(process, self.nfe - self.denoise_nfe)
         plan = self._plan(process, times)
         c = {k: plan.get(k, u.dtype, u.device) for k in plan.coeffs}
+        score_times = self._score_times(times).tolist()
         y = lay.to_blocks(u)
 
         def z() -> Tensor:
             return lay.to_blocks(noise.randn(process.state_shape))
 
         for i in range(plan.n_steps):
-            mid = 0.5 * (times[i] + times[i + 1]).item()
             # Half step of the OU part, exact.
             y = lay.apply(c["E1"][i], y) + lay.apply(c["N1"][i], z())
-            # Full Euler step of the score part at the mid-point.
-            e = eps(lay.from_blocks(y), mid, i)
+            # Full Euler step of the score part (score at the mid-point or the step's start time).
+            e = eps(lay.from_blocks(y), score_times[i], i)
             y = lay.apply(c["Sy"][i], y) + lay.apply(c["Se"][i], lay.to_blocks(e))
             # Second OU half step.
             y = lay.apply(c["E2"][i], y)
@@ -108,11 +123,13 @@ class Ancestral(Sampler):
         grid: time grid (default uniform, as in DDPM/BDM).
         t_min: last grid time.
         denoise: final step (see `Sampler`).
+        t_start: first grid time (see `Sampler`; default ``T``).
+        rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
     """
 
     def __init__(self, nfe: int = 1000, grid: TimeGrid | None = None, t_min: float = 1e-3,
-                 denoise: str = "tweedie") -> None:
-        super().__init__(t_min, denoise)
+                 denoise: str = "tweedie", t_start: float | None = None, rho_start: float | None = None) -> None:
+        super().__init__(t_min, denoise, t_start, rho_start)
         self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
         self.grid = grid if grid is not None else UniformGrid()
 
@@ -139,7 +156,7 @@ class Ancestral(Sampler):
             raise ValueError("the ancestral sampler needs a scalar-block process (VPSDE or BDM), "
                              f"got {type(process).__name__}; use GDDIM(lambda_=1.0) for others")
         lay = process.layout
-        times = self.grid(process, self.nfe - self.denoise_nfe, self.t_min)
+        times = self.times(process, self.nfe - self.denoise_nfe)
         plan = self._plan(process, times)
         cy, ce, std = (plan.get(k, u.dtype, u.device) for k in ("cy", "ce", "std"))
         y = lay.to_blocks(u)

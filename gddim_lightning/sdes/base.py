@@ -16,6 +16,7 @@ Sigma^{-1}``. VP, BDM and CLD override what has a closed form.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,18 @@ def as_time(t: Any) -> Tensor:
     if isinstance(t, Tensor):
         return t.detach().to(device="cpu", dtype=torch.float64)
     return torch.as_tensor(t, dtype=torch.float64)
+
+
+def invert_decreasing(fn, targets: Tensor, lo: float, hi: float, iterations: int = 60) -> Tensor:
+    """Times ``t`` in ``[lo, hi]`` with ``fn(t) = targets`` for a decreasing ``fn``, by bisection."""
+    a = torch.full_like(targets, lo)
+    b = torch.full_like(targets, hi)
+    for _ in range(iterations):
+        mid = 0.5 * (a + b)
+        above = fn(mid) > targets
+        a = torch.where(above, mid, a)
+        b = torch.where(above, b, mid)
+    return 0.5 * (a + b)
 
 
 class LinearSDE:
@@ -150,6 +163,22 @@ class LinearSDE:
         noise = torch.diagonal(self.Sigma(t), dim1=-2, dim2=-1).sum(-1).mean(-1) / self.block_size
         return torch.log(signal) - torch.log(noise)
 
+    def noise_to_signal(self, t: Tensor) -> Tensor:
+        """Noise-to-signal ratio ``rho_t = exp(-log_snr(t) / 2)`` (EDM's ``sigma``; increasing in t)."""
+        return torch.exp(-0.5 * self.log_snr(t))
+
+    def time_at_rho(self, rho: float) -> float:
+        """The time where `noise_to_signal` equals ``rho``, by bisection; ``T`` when ``rho`` is beyond
+        ``rho_T`` (EDM's and the official gDDIM code's start ``rho = 80``)."""
+        if not (math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho must be a positive finite noise-to-signal ratio, got {rho}")
+        t_end = torch.tensor([self.T], dtype=torch.float64)
+        if self.noise_to_signal(t_end).item() <= rho:
+            return self.T
+        target = torch.tensor([-math.log(rho)], dtype=torch.float64)
+        t = invert_decreasing(lambda tt: -torch.log(self.noise_to_signal(tt)), target, 0.0, self.T)
+        return float(t.item())
+
     # ------------------------------------------------------------------ data <-> state
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor, kind: str = "R") -> Tensor:
         """``u_t = Psi(t, 0) lift(x0) + K_t z``.
@@ -169,11 +198,12 @@ class LinearSDE:
         y = lay.apply(psi, lay.to_blocks(lay.lift(x0))) + lay.apply(Kt, lay.to_blocks(noise))
         return lay.from_blocks(y)
 
-    def prior_sample(self, z: Tensor) -> Tensor:
-        """A draw from the prior ``N(0, Sigma_T)`` as ``R_T z`` for standard normal ``z`` (state shape)."""
+    def prior_sample(self, z: Tensor, t: float | None = None) -> Tensor:
+        """A draw from the prior ``N(0, Sigma_t)`` as ``R_t z`` for standard normal ``z`` (state shape), at
+        ``t`` (default ``T``; a sampler's start time below ``T`` ignores the signal left there)."""
         lay = self.layout
         lay.check_state(z, "z")
-        RT = lay.view(self.R(torch.tensor(self.T)).to(z))
+        RT = lay.view(self.R(torch.tensor(self.T if t is None else float(t))).to(z))
         return lay.from_blocks(lay.apply(RT, lay.to_blocks(z)))
 
     def eps_to_score(self, eps: Tensor, t: Tensor, kind: str = "R") -> Tensor:

@@ -82,6 +82,12 @@ class ScalarBlockSDE(LinearSDE):
         t = as_time(t)
         return 2 * self.log_mean_scale(t).mean(-1) - torch.log(self.sigma2(t))
 
+    def noise_to_signal(self, t: Tensor) -> Tensor:
+        """``rho_t = sigma_t / a_t`` of the noise schedule alone (for BDM without the blur, as the official
+        gDDIM code defines its start time ``rho = 80``)."""
+        t = as_time(t)
+        return torch.exp(0.5 * (torch.log(self.sigma2(t)) - self.schedule.log_alpha2(t)))
+
 
 def make_schedule(schedule: str, beta_min: float, beta_max: float) -> NoiseSchedule:
     if schedule == "linear":
@@ -119,7 +125,6 @@ class VPSDE(ScalarBlockSDE):
         T: float = 1.0,
     ) -> None:
         super().__init__(BlockLayout(data_shape, 1, "shared"), T)
-        self.schedule_name = schedule
         self.schedule = make_schedule(schedule, beta_min, beta_max)
 
     def log_mean_scale(self, t: Tensor) -> Tensor:

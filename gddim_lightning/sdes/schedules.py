@@ -95,5 +95,3 @@ class CosineLogSNRSchedule(NoiseSchedule):
     def sigma2(self, t: Tensor) -> Tensor:
         return torch.sigmoid(-self.logsnr(t))
 
-
-SCHEDULES = {"linear": LinearSchedule, "cosine": CosineSchedule, "cosine_logsnr": CosineLogSNRSchedule}
