@@ -20,8 +20,9 @@ from ema_pytorch import EMA
 from torch import Tensor, nn
 
 from .samplers.base import SampleNoise, SampleResult, Sampler
+from .nets.precond import Preconditioner
 from .samplers.gddim import GDDIM
-from .sdes.base import LinearSDE, as_time
+from .sdes.base import LinearSDE
 from .sdes.cld import CLD
 
 
@@ -36,6 +37,12 @@ class DiffusionModule(L.LightningModule):
         parameterization: ``"R"`` (gDDIM, default) or ``"L"`` (Cholesky, as the CLD paper).
         mixed_score: add the exact eps of standard-normal data to the network output (the CLD paper's
             "mixed score"; works for every process).
+        precondition: EDM preconditioning generalised to the process's blocks (`Preconditioner`): the
+            network sees its input scaled to unit variance, predicts only the part of eps that ``u``
+            does not determine (scaled by that part's standard deviation), and regresses a unit-variance
+            target. Same optimum as plain DSM; it stops the network's errors on what the process has
+            erased (BDM's blurred-away frequencies) from reaching the samples. Replaces ``mixed_score``.
+        sigma_data: the data scale the preconditioning assumes (standard deviation per coordinate).
         t_eps: smallest training time.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -55,6 +62,8 @@ class DiffusionModule(L.LightningModule):
         data_shape: Sequence[int] = (1, 8, 8),
         parameterization: str = "R",
         mixed_score: bool = False,
+        precondition: bool = False,
+        sigma_data: float = 0.5,
         t_eps: float = 1e-5,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
@@ -79,6 +88,11 @@ class DiffusionModule(L.LightningModule):
         if not 0 < t_eps < self.process.T:
             raise ValueError(f"model.t_eps must lie in (0, T={self.process.T}), got {t_eps}")
         self.parameterization = parameterization
+        if precondition and mixed_score:
+            raise ValueError("model.precondition and model.mixed_score both add a skip term; precondition is the "
+                             "general form (mixed_score is its sigma_data = 1 skip alone): set one of them")
+        self.precond = Preconditioner(self.process, sigma_data, parameterization) if precondition else None
+        self._standard_normal = Preconditioner(self.process, 1.0, parameterization, output_scale=False)
         self.net = self._build_backbone(backbone)
         self.mixed_score = mixed_score
         self.t_eps = t_eps
@@ -137,18 +151,13 @@ class DiffusionModule(L.LightningModule):
 
     def _gaussian_eps(self, u: Tensor, t: Tensor) -> Tensor:
         """Exact eps (in this module's parameterisation) if the data were N(0, I)."""
-        p, lay = self.process, self.process.layout
-        t64 = as_time(t)
-        psi = p.psi(t64, torch.zeros_like(t64))
-        P = torch.zeros(p.block_size, p.block_size, dtype=torch.float64)
-        P[lay.data_index, lay.data_index] = 1.0
-        C = p.Sigma(t64) + psi @ P @ psi.transpose(-1, -2)
-        A = p.K(t64, self.parameterization).transpose(-1, -2) @ torch.linalg.inv(C)
-        return p.apply_state(A, u)
+        return self._standard_normal.skip_eps(u, t)
 
     def predict_eps(self, u: Tensor, t: Tensor, use_ema: bool = False) -> Tensor:
         """Network eps in the module's parameterisation (``[B, *state_shape]``)."""
         net = self.ema.ema_model if use_ema else self.net
+        if self.precond is not None:
+            return self.precond.eps(net, u, t)
         eps = net(u, t)
         if self.mixed_score:
             eps = eps + self._gaussian_eps(u, t)
@@ -178,8 +187,11 @@ class DiffusionModule(L.LightningModule):
         z = torch.randn((B, *self.process.state_shape), generator=generator, dtype=torch.float64)
         z = z.to(device=dev, dtype=x0.dtype)
         u = self.process.perturb(x0, t, z, self.parameterization)
-        eps = self.predict_eps(u, t.to(device=dev, dtype=x0.dtype))
-        return self.reduce_loss(eps, z)
+        t_model = t.to(device=dev, dtype=x0.dtype)
+        if self.precond is not None:  # the weighted regression of the preconditioned network
+            pred, target = self.precond.regression(self.net, u, t_model, x0, z)
+            return self.reduce_loss(pred, target) * self.process.block_size
+        return self.reduce_loss(self.predict_eps(u, t_model), z)
 
     def reduce_loss(self, eps: Tensor, z: Tensor) -> Tensor:
         return ((eps - z) ** 2).mean()
@@ -288,6 +300,10 @@ class CLDModule(DiffusionModule):
                 "model.network_output='velocity' needs model.parameterization='L': only with the Cholesky "
                 "factor does the v part of eps determine the velocity score by itself"
             )
+        if kwargs.get("precondition", False) and (self._velocity_only or loss_on != "both" or score_matching != "hsm"):
+            raise ValueError("model.precondition needs the gDDIM training setting on CLD: network_output 'both', "
+                             "loss_on 'both' and score_matching 'hsm' (its target is the unit-variance residual of "
+                             "the full eps under hybrid score matching)")
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["process", "backbone", "sampler"])
         if not isinstance(self.process, CLD):

@@ -6,10 +6,12 @@ tensor of shape ``[B]``.
 * `MLP`: residual FiLM MLP for flat data ``[B, in_dim]``.
 * `UNet`: DDPM++-style UNet for images ``[B, C, H, W]``.
 * `SinusoidalEmbedding`, `FourierEmbedding`: time embeddings.
+* `Preconditioner`: EDM preconditioning for any linear process (input scale, skip, output scale).
 """
 
 from gddim_lightning.nets.embeddings import FourierEmbedding, SinusoidalEmbedding
 from gddim_lightning.nets.mlp import MLP
+from gddim_lightning.nets.precond import Preconditioner
 from gddim_lightning.nets.unet import UNet
 
-__all__ = ["MLP", "FourierEmbedding", "SinusoidalEmbedding", "UNet"]
+__all__ = ["MLP", "FourierEmbedding", "Preconditioner", "SinusoidalEmbedding", "UNet"]
