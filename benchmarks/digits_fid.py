@@ -8,7 +8,8 @@ Usage (after training, e.g. ``python -m gddim_lightning fit --config configs/cld
 
 Writes ``<out>.json`` and ``<out>.md`` (refuses to overwrite without ``--overwrite``). FID uses the
 package's digits feature network against the 1500 training digits; the floor (held-out real digits
-vs the training digits) is reported with it.
+vs the training digits) is reported with it. KID (unbiased, so comparable across sample sizes) is
+reported beside every FID, on subsets of the size of the held-out set, floor included.
 """
 
 from __future__ import annotations
@@ -31,13 +32,22 @@ from gddim_lightning.samplers import GDDIM, RK45, SSCS, Ancestral, EulerMaruyama
 from gddim_lightning.sdes import CLD
 
 NFES = (10, 20, 50, 100, 200, 500, 1000)
+#: official gDDIM BDM sampler (qsh-zh/gDDIM blur_jax): one eps node, quadratic grid from rho = 80 down
+#: to t = 1e-5, no extra final step
+OFFICIAL_BDM = dict(order=1, rho_start=80.0, t_min=1e-5, denoise="none")
 
 
-def load_model(config: str, ckpt: str):
-    cli = cli_main(["--config", config], run=False)
-    model = cli.model
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
+def load_model(config: str, ckpt: str, model_args: str = "-"):
+    """The config's model with the checkpoint's weights (EMA-only checkpoints of ``pretrained/`` too);
+    ``model_args``: comma-separated ``key=value`` model init args on top of the config, or ``-``."""
+    extra = []
+    for kv in ([] if model_args in ("", "-") else model_args.split(",")):
+        key, value = kv.split("=", 1)
+        extra += [f"--model.init_args.{key}", value]
+    model = cli_main(["--config", config, *extra], run=False).model
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
 
@@ -59,11 +69,17 @@ def _all_samplers(process, nfes):
     out = []
     for n in nfes:
         out += [("gDDIM q=2", GDDIM(nfe=n, order=2)), ("gDDIM q=3", GDDIM(nfe=n, order=3)),
+                ("gDDIM q=2 rho80", GDDIM(nfe=n, order=2, rho_start=80.0)),
+                ("gDDIM q=3 rho80", GDDIM(nfe=n, order=3, rho_start=80.0)),
                 ("gDDIM q=1", GDDIM(nfe=n, order=1)), ("gDDIM lambda=1", GDDIM(nfe=n, order=1, lambda_=1.0)),
+                ("gDDIM lambda=0.3", GDDIM(nfe=n, order=1, lambda_=0.3)),
+                ("gDDIM official BDM", GDDIM(nfe=n, **OFFICIAL_BDM)),
                 ("Euler-Maruyama", EulerMaruyama(nfe=n)), ("Heun (PF)", Heun(nfe=n if n % 2 else n + 1))]
         if isinstance(process, CLD):
             out += [("gDDIM L q=2", GDDIM(nfe=n, order=2, K="L")),
-                    ("gDDIM L q=2 euler", GDDIM(nfe=n, order=2, K="L", denoise="euler")), ("SSCS", SSCS(nfe=n))]
+                    ("gDDIM L q=2 euler", GDDIM(nfe=n, order=2, K="L", denoise="euler")),
+                    ("gDDIM q=3 euler", GDDIM(nfe=n, order=3, denoise="euler")),
+                    ("SSCS", SSCS(nfe=n)), ("SSCS (paper)", SSCS(nfe=n, score_time="start"))]
         else:
             out += [("Ancestral", Ancestral(nfe=n))]
     out += [("RK45 tol 1e-3", RK45(1e-3, 1e-3)), ("RK45 tol 1e-5", RK45(1e-5, 1e-5))]
@@ -89,10 +105,35 @@ def fid_of(fid, x):
     return float(fid.compute())
 
 
+def make_kid(train, subset_size: int):
+    """torchmetrics KID on the digits feature network (unbiased MMD^2, cubic kernel), real = ``train``."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from gddim_lightning.evaluation.digits_features import load_digits_feature_net
+
+    kid = KernelInceptionDistance(feature=load_digits_feature_net(), subsets=50, subset_size=subset_size,
+                                  reset_real_features=False, normalize=True)
+    for k in range(0, len(train), 500):
+        kid.update(train[k : k + 500], real=True)
+    return kid
+
+
+def kid_of(kid, x):
+    kid.reset()
+    torch.manual_seed(0)  # the subsets torchmetrics draws
+    for k in range(0, len(x), 500):
+        kid.update(x[k : k + 500], real=False)
+    mean, std = kid.compute()
+    return float(mean), float(std)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--run", nargs=3, action="append", metavar=("NAME", "CONFIG", "CKPT"))
+    ap.add_argument("--model-args", nargs="*", default=None,
+                    help="per --run: comma-separated key=value model init args on top of its config, or -")
+    ap.add_argument("--no-timing", action="store_true", help="skip the throughput measurement")
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     ap.add_argument("--batch-size", type=int, default=500)
@@ -120,13 +161,19 @@ def main() -> None:
     val, _ = load_digits_split("val")
     fid = make_digits_fid(real_images=train)
     floor = fid_of(fid, val)
+    kid = make_kid(train, min(len(val), args.num_samples))
+    floor_kid = kid_of(kid, val)
     seeds = list(range(args.num_samples))
-    results = {"floor_val_vs_train": floor, "num_samples": args.num_samples, "runs": {},
+    results = {"floor_val_vs_train": floor, "floor_kid": floor_kid, "floor_n": len(val),
+               "num_samples": args.num_samples, "runs": {},
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads()}
     t_all = time.time()
-    for name, config, ckpt in args.run:
-        model = load_model(config, ckpt)
+    model_args = args.model_args or ["-"] * len(args.run)
+    if len(model_args) != len(args.run):
+        ap.error("give one --model-args entry per --run (- for none)")
+    for (name, config, ckpt), margs in zip(args.run, model_args):
+        model = load_model(config, ckpt, margs)
         rows = []
         for label, sampler in samplers_for(model, args.nfe):
             if args.samplers and label not in args.samplers:
@@ -134,11 +181,16 @@ def main() -> None:
             t0 = time.time()
             res = model.sample(seeds, sampler, batch_size=args.batch_size)
             dt = time.time() - t0
-            value = fid_of(fid, res.samples.clamp(-1, 1)) if torch.isfinite(res.samples).all() else math.inf
-            rows.append({"sampler": label, "nfe": res.nfe, "fid": value, "seconds": dt})
-            print(f"{name:4s} {label:16s} nfe={res.nfe:5d} fid={value:8.3f} {dt:6.1f}s", flush=True)
-        results["runs"][name] = {"config": config, "ckpt": ckpt, "rows": rows,
-                                 "timing": throughput(model, 256)}
+            finite = bool(torch.isfinite(res.samples).all())
+            x = res.samples.clamp(-1, 1)
+            value = fid_of(fid, x) if finite else math.inf
+            k_mean, k_std = kid_of(kid, x) if finite else (math.inf, math.nan)
+            rows.append({"sampler": label, "nfe": res.nfe, "fid": value, "kid": k_mean, "kid_std": k_std,
+                         "seconds": dt})
+            print(f"{name:4s} {label:18s} nfe={res.nfe:5d} fid={value:8.3f} kid={1e3 * k_mean:7.2f}e-3 {dt:6.1f}s",
+                  flush=True)
+        results["runs"][name] = {"config": config, "ckpt": ckpt, "model_args": margs, "rows": rows,
+                                 "timing": None if args.no_timing else throughput(model, 256)}
     results["seconds"] = time.time() - t_all
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))
@@ -191,11 +243,19 @@ def throughput(model, batch: int) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [f"Digits FID ({results['num_samples']} samples vs the 1500 training digits; "
-             f"floor = held-out real digits: {results['floor_val_vs_train']:.2f}).", ""]
+             f"floor = held-out real digits: {results['floor_val_vs_train']:.2f}, from only "
+             f"{results.get('floor_n', 297)} digits, so biased high against the samples' FID).", ""]
+    if "floor_kid" in results:
+        lines += [f"KID x 1e3 (unbiased at any sample size; subsets of {results.get('floor_n', 297)}): floor "
+                  f"{1e3 * results['floor_kid'][0]:.2f} +- {1e3 * results['floor_kid'][1]:.2f}. KID is shown in "
+                  "brackets after each FID.", ""]
     for name, run in results["runs"].items():
         table: dict[str, dict[int, float]] = {}
+        kids: dict[str, dict[int, float]] = {}
         for r in run["rows"]:
             table.setdefault(r["sampler"], {})[r["nfe"]] = r["fid"]
+            if "kid" in r:
+                kids.setdefault(r["sampler"], {})[r["nfe"]] = r["kid"]
         # Heun runs at NFE n + 1 (2 per step + denoising): shown in column n, labelled
         nfes = sorted({r["nfe"] for r in run["rows"] if not r["sampler"].startswith(("RK45", "Heun"))})
         lines += [f"### {name}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
@@ -206,13 +266,16 @@ def markdown(results: dict) -> str:
             cells = []
             for n in nfes:
                 v = vals.get(n, vals.get(n + 1))
-                cells.append("" if v is None else f"{v:.2f}")
+                k = kids.get(label, {}).get(n, kids.get(label, {}).get(n + 1))
+                cells.append("" if v is None else f"{v:.2f}" + ("" if k is None else f" ({1e3 * k:.2f})"))
             shown = f"{label} (NFE n+1)" if label.startswith("Heun") else label
             lines.append(f"| {shown} | " + " | ".join(cells) + " |")
         for label, vals in table.items():
             if label.startswith("RK45"):
                 (n, v), = vals.items()
-                lines.append(f"| {label} (adaptive) | NFE {n}: {v:.2f} |" + " |" * (len(nfes) - 1))
+                k = kids.get(label, {}).get(n)
+                kid_txt = "" if k is None else f" ({1e3 * k:.2f})"
+                lines.append(f"| {label} (adaptive) | NFE {n}: {v:.2f}{kid_txt} |" + " |" * (len(nfes) - 1))
         ref_label = next((k for k in ("gDDIM q=2", "gDDIM L q=2 euler") if k in table), None)
         ref = table.get(ref_label, {}).get(20)
         if ref is not None:
@@ -222,7 +285,8 @@ def markdown(results: dict) -> str:
                 if not label.startswith("RK45"):
                     lines.append(f"| {label} | {nfe_to_match(vals, ref)} |")
         tm = run["timing"]
-        lines += ["", f"Sampling at NFE 20, batch {tm['sample_batch']}: {tm['samples_per_s_nfe20']:.1f} samples/s; "
+        if tm:
+            lines += ["", f"Sampling at NFE 20, batch {tm['sample_batch']}: {tm['samples_per_s_nfe20']:.1f} samples/s; "
                   f"sampler overhead beyond network calls: {100 * tm['sampler_overhead_fraction']:.1f}%. "
                   f"Training: {tm['train_samples_per_s']:.0f} samples/s.", ""]
     return "\n".join(lines)

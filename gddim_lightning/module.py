@@ -216,6 +216,24 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.shape[0])
         return loss
 
+    #: key marking an EMA-only checkpoint (``scripts/export_pretrained.py``; the files in ``pretrained/``)
+    EMA_ONLY_KEY = "gddim_ema_only"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """An EMA-only checkpoint holds the EMA weights alone: they become the online weights too, so
+        ``predict``/``validate`` run on it. It cannot resume training (no optimiser state)."""
+        if not checkpoint.get(self.EMA_ONLY_KEY):
+            return
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            raise ValueError("this is an EMA-only checkpoint (pretrained/ or scripts/export_pretrained.py): it has "
+                             "no optimiser state to resume training from; use it with predict or validate, or "
+                             "fine-tune by loading its weights into a fresh run")
+        state = checkpoint["state_dict"]
+        prefix = "ema.ema_model."
+        for key in [k for k in state if k.startswith(prefix)]:
+            state.setdefault("net." + key[len(prefix):], state[key])
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema.update()  # here, not in on_train_batch_end: ModelCheckpoint saves before that hook

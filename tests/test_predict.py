@@ -242,3 +242,26 @@ def test_ddp_predict_writes_one_shard_per_rank(ckpt, tmp_path):
     assert np.array_equal(ss, sd)
     assert np.abs(xd - xs).max() <= 1e-5 * max(1.0, float(np.abs(xs).max()))
     assert np.array_equal(xd, xs)
+
+
+# ---------------------------------------------------------------------------------------- EMA-only export
+def test_ema_only_export_predicts_the_same_samples_and_refuses_to_resume(ckpt, tmp_path):
+    """scripts/export_pretrained.py (the pretrained/ files): smaller, same samples, never overwrites, and a
+    fit from it stops with a clear message instead of a missing-optimiser traceback."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import export_pretrained
+    finally:
+        sys.path.pop(0)
+    small = tmp_path / "ema.ckpt"
+    assert export_pretrained.main([str(ckpt), str(small)]) == 0
+    assert small.stat().st_size < 0.6 * ckpt.stat().st_size
+    assert export_pretrained.main([str(ckpt), str(small)]) == 1  # refuses to overwrite
+    full_out, small_out = tmp_path / "full", tmp_path / "small"
+    predict(ckpt, full_out, "--predict.num_samples", "3", "--predict.format", "[npz]")
+    predict(small, small_out, "--predict.num_samples", "3", "--predict.format", "[npz]")
+    np.testing.assert_array_equal(load_samples(full_out)[0], load_samples(small_out)[0])
+    with pytest.raises(ValueError, match="EMA-only checkpoint"):
+        main(["fit", "--config", CONFIG, *MODEL, *QUIET, "--trainer.callbacks=[]", "--trainer.max_steps", "3",
+              "--data.init_args.batch_size", "16", "--trainer.default_root_dir", str(tmp_path / "fit"),
+              "--ckpt_path", str(small)])
