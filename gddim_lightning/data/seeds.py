@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .toys import collate_tensors
+
 __all__ = ["SeedDataModule", "SeedDataset"]
 
 
@@ -39,10 +41,6 @@ class SeedDataset(Dataset):
 
     def __getitems__(self, idx: list[int]) -> Tensor:
         return torch.as_tensor([self.seed + int(k) for k in idx], dtype=torch.int64)
-
-
-def _collate(batch: Tensor | list[Tensor]) -> Tensor:
-    return batch if isinstance(batch, Tensor) else torch.stack(list(batch))
 
 
 class SeedDataModule(L.LightningDataModule):
@@ -90,4 +88,4 @@ class SeedDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Ordered loader over the seeds (Lightning shards it across ranks without padding)."""
         return DataLoader(SeedDataset(self.num_samples, self.seed), batch_size=self.batch_size, shuffle=False,
-                          num_workers=0, collate_fn=_collate)
+                          num_workers=0, collate_fn=collate_tensors)

@@ -36,7 +36,7 @@ def _derive_seed(seed: int, stream: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0]) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _collate(batch: Tensor | list[Tensor]) -> Tensor:
+def collate_tensors(batch: Tensor | list[Tensor]) -> Tensor:
     """Collates into one tensor; a dataset's ``__getitems__`` may already return one."""
     return batch if isinstance(batch, Tensor) else torch.stack(list(batch), dim=0)
 
@@ -52,7 +52,7 @@ def _make_loader(
     """
     n = len(dataset)  # type: ignore[arg-type]
     common = dict(batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0,
-                  collate_fn=_collate)
+                  collate_fn=collate_tensors)
     if train:  # position within the epoch is saved in checkpoints (exact mid-epoch resume)
         return ResumableLoader(dataset, seed=int(seed), drop_last=n > batch_size, **common)
     return DataLoader(dataset, shuffle=False, **common)

@@ -274,4 +274,5 @@ class LinearSDE:
     def describe(self) -> str:
         return f"{type(self).__name__}(data_shape={self.data_shape}, T={self.T})"
 
-    __repr__ = describe
+    def __repr__(self) -> str:
+        return self.describe()  # a subclass's describe, not the base one bound at class creation
