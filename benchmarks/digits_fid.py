@@ -28,7 +28,9 @@ import torch
 from gddim_lightning.cli import main as cli_main
 from gddim_lightning.data.digits import load_digits_split
 from gddim_lightning.evaluation import make_digits_fid
-from gddim_lightning.samplers import GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, SampleNoise
+from gddim_lightning.samplers import (
+    GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, LogSNRGrid, SampleNoise, UniformGrid,
+)
 from gddim_lightning.sdes import CLD
 
 NFES = (10, 20, 50, 100, 200, 500, 1000)
@@ -69,8 +71,13 @@ def _all_samplers(process, nfes):
     out = []
     for n in nfes:
         out += [("gDDIM q=2", GDDIM(nfe=n, order=2)), ("gDDIM q=3", GDDIM(nfe=n, order=3)),
+                ("gDDIM q=4", GDDIM(nfe=n, order=4)),
                 ("gDDIM q=2 rho80", GDDIM(nfe=n, order=2, rho_start=80.0)),
                 ("gDDIM q=3 rho80", GDDIM(nfe=n, order=3, rho_start=80.0)),
+                ("gDDIM q=3 rho20", GDDIM(nfe=n, order=3, rho_start=20.0)),
+                ("gDDIM q=3 logSNR", GDDIM(nfe=n, order=3, grid=LogSNRGrid())),
+                ("gDDIM q=3 uniform", GDDIM(nfe=n, order=3, grid=UniformGrid())),
+                ("gDDIM q=3 rho80 logSNR", GDDIM(nfe=n, order=3, rho_start=80.0, grid=LogSNRGrid())),
                 ("gDDIM q=1", GDDIM(nfe=n, order=1)), ("gDDIM lambda=1", GDDIM(nfe=n, order=1, lambda_=1.0)),
                 ("gDDIM lambda=0.3", GDDIM(nfe=n, order=1, lambda_=0.3)),
                 ("gDDIM official BDM", GDDIM(nfe=n, **OFFICIAL_BDM)),
