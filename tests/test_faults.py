@@ -47,6 +47,15 @@ def same_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+@pytest.fixture(autouse=True)
+def sigint_default_handler():
+    """Python's Ctrl-C handler for each test, whatever this process inherited: a background job of a
+    non-interactive shell starts with SIGINT ignored, and these tests check what the CLI restores."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -191,3 +200,16 @@ def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step_and_resumes_exac
     resumed = _ddp_fit(tmp_path / "cut", 7, "--ckpt_path", str(tmp_path / "cut" / "last.ckpt"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     same_state(load(tmp_path / "straight" / "last.ckpt"), load(tmp_path / "cut" / "last.ckpt"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_respect_the_umask(tmp_path, umask):
+    """Checkpoints and samples go through atomic_write: their mode follows the umask (mkstemp alone gives 0600)."""
+    from gddim_lightning.files import atomic_write
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
