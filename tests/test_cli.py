@@ -166,3 +166,24 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, model):
     ema = [k for k in a["state_dict"] if k.startswith("ema.")]
     ema_equal = all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in ema)
     assert ema_equal
+
+
+def test_help_names_the_program_and_shows_examples(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gddim-lightning")
+    assert "gDDIM" in out and "examples:" in out and "predict --config configs/cld.yaml" in out
+
+
+def test_console_script_is_declared_and_returns_nothing(monkeypatch):
+    """pyproject's [project.scripts] points at a function returning None (a returned object would become exit 1)."""
+    import tomllib
+
+    from gddim_lightning import cli
+
+    scripts = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"gddim-lightning": "gddim_lightning.cli:console_main"}
+    monkeypatch.setattr(cli, "main", lambda *a, **k: object())
+    assert cli.console_main() is None
