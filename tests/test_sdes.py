@@ -701,7 +701,7 @@ def test_eps_score_conversions(idx):
     (lambda: BDM((1, 4, 4), schedule="nope"), "unknown schedule"),
     (lambda: VPSDE((2,), beta_min=-0.1), "beta_min"),
     (lambda: VPSDE((2,), beta_min=5.0, beta_max=1.0), "beta_min"),
-    (lambda: VPSDE((2,), T=-1.0), "T must be positive"),
+    (lambda: VPSDE((2,), T=-1.0), r"T must lie in \(0"),
     (lambda: BDM((1, 4, 4), sigma_blur_max=-1.0), "sigma_blur_max"),
     (lambda: BDM((1, 4, 4), min_scale=0.0), "min_scale"),
     (lambda: CLD((2,), beta=-1.0), "beta"),
@@ -744,3 +744,43 @@ def test_state_shape_errors():
         b.prior_sample(torch.zeros(2, 1, 4, 5, dtype=F64))
     with pytest.raises(ValueError, match="outside the solved span"):
         UserCLD((2,)).R(tt(1.5))
+
+
+# ---------------------------------------------------------------------------------------- bad definitions
+@pytest.mark.parametrize("make,match", [
+    (lambda: CLD((2,), beta=float("nan")), "CLD beta must be finite"),
+    (lambda: CLD((2,), Gamma=float("inf")), "CLD Gamma must be finite"),
+    (lambda: CLD((2,), gamma=-1.0), r"CLD gamma must lie in \[0"),
+    (lambda: BDM((1, 4, 4), sigma_blur_max=float("nan")), "BDM sigma_blur_max must be finite"),
+    (lambda: BDM((1, 4, 4), min_scale=2.0), "BDM min_scale must lie in"),
+    (lambda: VPSDE((2,), beta_max=float("inf")), "LinearSchedule beta_max must be finite"),
+    (lambda: VPSDE((2,), T=float("nan")), "VPSDE T must be finite"),
+])
+def test_nan_inf_and_out_of_range_parameters_are_refused_where_set(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_user_process_with_nan_or_non_psd_diffusion_fails_fast_before_solving():
+    """A NaN in a user's GGT used to make the float64 solve loop forever; it is caught before any solve."""
+    nan = UserCLD((2,))
+    nan.GG0 = tt([[0.0, 0.0], [0.0, float("nan")]])
+    with pytest.raises(ValueError, match="GGT.*NaN or inf"):
+        nan.R(tt(0.5))
+    neg = UserCLD((2,))
+    neg.GG0 = tt([[0.0, 0.0], [0.0, -1.0]])
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        neg.R(tt(0.5))
+    asym = UserCLD((2,))
+    asym.GG0 = tt([[0.0, 1.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="symmetric"):
+        asym.R(tt(0.5))
+
+
+def test_float64_solves_are_bounded(monkeypatch):
+    """Every solve stops with a message past its evaluation budget instead of running on."""
+    from gddim_lightning.sdes import ode
+
+    monkeypatch.setattr(ode, "MAX_RHS_EVALS", 50)
+    with pytest.raises(RuntimeError, match="did not finish within 50 evaluations"):
+        UserCLD((2,)).R(tt(0.5))

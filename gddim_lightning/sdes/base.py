@@ -34,6 +34,24 @@ def as_time(t: Any) -> Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
+def finite_param(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> float:
+    """``value`` as a float, or a ValueError naming ``owner.name``: not a finite number, or outside
+    ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner} {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{owner} {name} must be finite, got {value!r}")
+    below = low is not None and (v <= low if low_open else v < low)
+    if below or (high is not None and v > high):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{owner} {name} must lie in {'(' if low_open else '['}{lo}, {hi}], got {value!r}")
+    return v
+
+
 def invert_decreasing(fn, targets: Tensor, lo: float, hi: float, iterations: int = 60) -> Tensor:
     """Times ``t`` in ``[lo, hi]`` with ``fn(t) = targets`` for a decreasing ``fn``, by bisection."""
     a = torch.full_like(targets, lo)
@@ -63,10 +81,8 @@ class LinearSDE:
     atol: float = 1e-13
 
     def __init__(self, layout: BlockLayout, T: float = 1.0) -> None:
-        if not T > 0:
-            raise ValueError(f"T must be positive, got {T}")
         self.layout = layout
-        self.T = float(T)
+        self.T = finite_param(type(self).__name__, "T", T, 0.0, low_open=True)
         self._numeric: DenseBlockODE | None = None
         self.plan_cache: dict[tuple, Any] = {}
 
@@ -241,6 +257,25 @@ class LinearSDE:
         tt = torch.as_tensor(t, dtype=torch.float64)
         return self.F(tt).numpy(), self.GGT(tt).numpy()
 
+    def validate(self, n_times: int = 9) -> None:
+        """Checks the definition at a few times in ``[0, T]``: ``F``, ``G G^T`` and ``Sigma_0`` finite and of
+        block shape, ``G G^T`` symmetric positive semi-definite. Raises ValueError naming what is wrong."""
+        name = type(self).__name__
+        shape = (self.n_blocks, self.block_size, self.block_size)
+        t = torch.linspace(0.0, self.T, n_times, dtype=torch.float64)
+        for what, value in (("F(t)", self.F(t)), ("GGT(t)", self.GGT(t)), ("Sigma0()", self.Sigma0())):
+            if tuple(value.shape[-3:]) != shape:
+                raise ValueError(f"{name}.{what} has block shape {tuple(value.shape[-3:])}, expected {shape}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name}.{what} is NaN or inf somewhere in [0, T={self.T}]: check the process parameters")
+        GG = self.GGT(t)
+        scale = GG.abs().amax().clamp_min(1e-300)
+        if (GG - GG.transpose(-1, -2)).abs().amax() > 1e-10 * scale:
+            raise ValueError(f"{name}.GGT(t) must be symmetric (it is G_t G_t^T)")
+        if torch.linalg.eigvalsh(GG).amin() < -1e-10 * scale:
+            raise ValueError(f"{name}.GGT(t) must be positive semi-definite (it is G_t G_t^T); its smallest eigenvalue "
+                             f"is {torch.linalg.eigvalsh(GG).amin().item():.3g}")
+
     def _R_rhs(self, t: float, R: np.ndarray) -> np.ndarray:
         F, GG = self._coeffs_np(t)
         return F @ R + 0.5 * GG @ np.linalg.inv(R).swapaxes(-1, -2)
@@ -248,6 +283,7 @@ class LinearSDE:
     def _solution(self) -> DenseBlockODE:
         """Joint float64 solve of ``Phi' = F Phi`` (``Phi_0 = I``) and the R ODE on ``[0, T]``."""
         if self._numeric is None:
+            self.validate()
             S0 = self.Sigma0()
             try:
                 R0 = torch.linalg.cholesky(S0)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import LinearSDE, as_time
+from .base import LinearSDE, as_time, finite_param
 from .layout import BlockLayout
 
 
@@ -48,10 +48,15 @@ class CLD(LinearSDE):
         Gamma: float | None = None,
         T: float = 1.0,
     ) -> None:
-        if beta <= 0 or beta + beta_slope * T <= 0:
+        beta = finite_param("CLD", "beta", beta, 0.0, low_open=True)
+        beta_slope = finite_param("CLD", "beta_slope", beta_slope)
+        m_inv = finite_param("CLD", "m_inv", m_inv, 0.0, low_open=True)
+        gamma = finite_param("CLD", "gamma", gamma, 0.0)
+        eps_num = finite_param("CLD", "eps_num", eps_num, 0.0)
+        if Gamma is not None:
+            Gamma = finite_param("CLD", "Gamma", Gamma, 0.0, low_open=True)
+        if beta + beta_slope * finite_param("CLD", "T", T, 0.0, low_open=True) <= 0:
             raise ValueError(f"beta(t) = beta + beta_slope t must stay positive; got beta={beta}, slope={beta_slope}")
-        if m_inv <= 0 or gamma < 0 or eps_num < 0:
-            raise ValueError(f"need m_inv > 0, gamma >= 0, eps_num >= 0; got {m_inv}, {gamma}, {eps_num}")
         super().__init__(BlockLayout(data_shape, 2, "shared", data_index=0), T)
         self.beta0 = float(beta)
         self.beta_slope = float(beta_slope)

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
+
+
+#: bounds on one float64 solve: right-hand-side evaluations and wall-clock seconds (a stiff or broken
+#: process fails with a message instead of running for hours)
+MAX_RHS_EVALS = 2_000_000
+MAX_SECONDS = 300.0
+
+
+def bounded(f: Callable[[float, np.ndarray], np.ndarray], what: str) -> Callable[[float, np.ndarray], np.ndarray]:
+    """``f`` that raises once it returns NaN/inf, or past `MAX_RHS_EVALS` calls or `MAX_SECONDS`."""
+    start, calls = time.monotonic(), [0]
+
+    def g(t: float, y: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        out = f(t, y)
+        if not np.all(np.isfinite(out)):
+            raise FloatingPointError(f"{what}: the right-hand side is NaN or inf at t={float(np.max(t)):.6g}; check the "
+                                     "process's F(t) and GGT(t) (a NaN/inf parameter, or a singular covariance)")
+        if calls[0] > MAX_RHS_EVALS or time.monotonic() - start > MAX_SECONDS:
+            raise RuntimeError(f"{what} did not finish within {MAX_RHS_EVALS} evaluations / {MAX_SECONDS:.0f} s "
+                               f"(at t={float(np.max(t)):.6g}): the process is too stiff or ill-defined there")
+        return out
+
+    return g
 
 
 class DenseBlockODE:
@@ -50,8 +75,8 @@ def solve_block_ode(
     def f(t: float, y: np.ndarray) -> np.ndarray:
         return rhs(t, y.reshape(shape)).reshape(-1)
 
-    res = solve_ivp(f, (t0, t1), Y0.reshape(-1).double().numpy(), method="DOP853", dense_output=True,
-                    rtol=rtol, atol=atol)
+    res = solve_ivp(bounded(f, "the float64 solve of Psi and R"), (t0, t1), Y0.reshape(-1).double().numpy(),
+                    method="DOP853", dense_output=True, rtol=rtol, atol=atol)
     if not res.success:
         raise RuntimeError(f"float64 ODE solve failed on [{t0}, {t1}]: {res.message}")
     return DenseBlockODE(res.sol, shape, t0, t1, res.nfev)
@@ -89,7 +114,8 @@ def solve_pairwise_transitions(
         A = A_fn(s0 + x * h)
         return (h[:, None, None, None] * (A @ y.reshape(P, *block))).reshape(-1)
 
-    res = solve_ivp(f, (0.0, 1.0), eye.reshape(-1), method="DOP853", rtol=rtol, atol=atol, t_eval=[1.0])
+    res = solve_ivp(bounded(f, "the float64 transition solve"), (0.0, 1.0), eye.reshape(-1), method="DOP853",
+                    rtol=rtol, atol=atol, t_eval=[1.0])
     if not res.success:
         raise RuntimeError(f"float64 transition solve failed: {res.message}")
     out = torch.from_numpy(res.y[:, -1].reshape(P, *block).copy())

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
-from .base import LinearSDE, as_time
+from .base import LinearSDE, as_time, finite_param
 from .dct import dct_frequencies
 from .layout import BlockLayout
 from .schedules import CosineLogSNRSchedule, CosineSchedule, LinearSchedule, NoiseSchedule
@@ -173,10 +173,8 @@ class BDM(ScalarBlockSDE):
         data_shape = tuple(data_shape)
         if len(data_shape) != 3:
             raise ValueError(f"BDM needs image data_shape (C, H, W), got {data_shape}")
-        if sigma_blur_max < 0:
-            raise ValueError(f"sigma_blur_max must be >= 0, got {sigma_blur_max}")
-        if not 0 < min_scale <= 1:
-            raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
+        sigma_blur_max = finite_param("BDM", "sigma_blur_max", sigma_blur_max, 0.0)
+        min_scale = finite_param("BDM", "min_scale", min_scale, 0.0, 1.0, low_open=True)
         super().__init__(BlockLayout(data_shape, 1, "per_frequency", "dct"), T)
         self.schedule = make_schedule(schedule, beta_min, beta_max)
         self.sigma_blur_max = float(sigma_blur_max)

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from .base import finite_param
+
 
 class NoiseSchedule:
     """Base class: implement `log_alpha2` (``log a_t^2``); ``sigma_t^2 = 1 - a_t^2`` by default."""
@@ -40,6 +42,8 @@ class LinearSchedule(NoiseSchedule):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        beta_min = finite_param("LinearSchedule", "beta_min", beta_min)
+        beta_max = finite_param("LinearSchedule", "beta_max", beta_max)
         if not 0 <= beta_min <= beta_max or beta_max <= 0:
             raise ValueError(f"need 0 <= beta_min <= beta_max, beta_max > 0; got {beta_min}, {beta_max}")
         self.beta_min = float(beta_min)
@@ -62,6 +66,7 @@ class CosineSchedule(NoiseSchedule):
     """
 
     def __init__(self, s: float = 0.004, d: float = 1.008) -> None:
+        s, d = finite_param("CosineSchedule", "s", s), finite_param("CosineSchedule", "d", d)
         if not (s >= 0 and d > 1 + s - 1e-12 and (1 + s) / d < 1):
             raise ValueError(f"CosineSchedule needs s >= 0 and (1 + s)/d < 1 so a_1 > 0; got s={s}, d={d}")
         self.s = float(s)
@@ -79,6 +84,8 @@ class CosineLogSNRSchedule(NoiseSchedule):
     """
 
     def __init__(self, logsnr_min: float = -10.0, logsnr_max: float = 10.0) -> None:
+        logsnr_min = finite_param("CosineLogSNRSchedule", "logsnr_min", logsnr_min)
+        logsnr_max = finite_param("CosineLogSNRSchedule", "logsnr_max", logsnr_max)
         if not logsnr_min < logsnr_max:
             raise ValueError(f"need logsnr_min < logsnr_max, got {logsnr_min}, {logsnr_max}")
         self.logsnr_min = float(logsnr_min)
