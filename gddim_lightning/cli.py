@@ -390,6 +390,10 @@ class GDDIMCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._drop_checkpoint_callback()
+        # predict logs nothing: no logger (and so no empty lightning_logs/version_N), no saved config (meta.json
+        # in the output folder records the request)
+        self.trainer.loggers = []
+        self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         opts = self._sub().predict
         dm = self.datamodule
         if not isinstance(dm, SeedDataModule) or (dm.num_samples, dm.seed, dm.batch_size) != (

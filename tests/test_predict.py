@@ -265,3 +265,14 @@ def test_ema_only_export_predicts_the_same_samples_and_refuses_to_resume(ckpt, t
         main(["fit", "--config", CONFIG, *MODEL, *QUIET, "--trainer.callbacks=[]", "--trainer.max_steps", "3",
               "--data.init_args.batch_size", "16", "--trainer.default_root_dir", str(tmp_path / "fit"),
               "--ckpt_path", str(small)])
+
+
+def test_predict_creates_no_logger_folders(ckpt, tmp_path):
+    """With the config's default logger, predict writes its samples and nothing else: no lightning_logs/version_N."""
+    root = tmp_path / "root"
+    args = ["predict", "--config", CONFIG, *MODEL, "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks=[]", "--trainer.default_root_dir", str(root), "--predict.out_dir", str(tmp_path / "s"),
+            "--predict.num_samples", "2", "--ckpt_path", str(ckpt)]
+    main(args)
+    assert (tmp_path / "s").is_dir()
+    assert not root.exists() or not any(root.rglob("*")), sorted(root.rglob("*"))
