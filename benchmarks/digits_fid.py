@@ -152,7 +152,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.markdown_from:
         src = Path(args.markdown_from)
-        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())))
+        data = json.loads(src.read_text())
+        src.with_suffix(".md").write_text(markdown(data))
+        write_plot(src.with_suffix(".png"), data)
         return
     if not args.run:
         ap.error("give at least one --run NAME CONFIG CKPT")
@@ -203,7 +205,43 @@ def main() -> None:
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out.with_suffix(".json"))
     out.with_suffix(".md").write_text(markdown(results))
+    write_plot(out.with_suffix(".png"), results)
     print(markdown(results))
+
+
+def write_plot(path: Path, results: dict, title: str = "") -> None:
+    """FID against NFE (log-log), one panel per run, one line per sampler; adaptive RK45 as a marker and
+    the held-out floor as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.4 * len(runs), 4.6), squeeze=False)
+    for ax, (name, run) in zip(axes[0], runs.items()):
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for r in run["rows"]:
+            if math.isfinite(r["fid"]):
+                curves.setdefault(r["sampler"], []).append((r["nfe"], r["fid"]))
+        for label, pts in curves.items():
+            pts.sort()
+            if label.startswith("RK45"):
+                ax.plot(*zip(*pts), "k*", ms=10, label=f"{label} (adaptive)")
+                continue
+            style = "-" if label.startswith("gDDIM") and "lambda" not in label else "--"
+            ax.plot(*zip(*pts), style, marker="o", ms=3, label=label)
+        ax.axhline(results["floor_val_vs_train"], color="grey", ls=":", label="held-out floor (297 digits)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("digits FID (1000 samples)")
+        ax.set_title(f"{name} {title}".strip())
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def throughput(model, batch: int) -> dict:
