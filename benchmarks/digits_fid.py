@@ -149,7 +149,19 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/digits_fid")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--markdown-from", metavar="JSON", help="only rewrite the Markdown of an existing JSON result")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine the rows of several results (runs of the same model with other NFE or samplers) into "
+                         "--out (.json, .md, .png); rows of the same sampler and NFE: the later file wins")
     args = ap.parse_args()
+    if args.merge:
+        merged = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        out = Path(args.out)
+        if out.with_suffix(".json").exists() and not args.overwrite:
+            sys.exit(f"{out.with_suffix('.json')} exists; pass --overwrite to replace it")
+        out.with_suffix(".json").write_text(json.dumps(merged, indent=2))
+        out.with_suffix(".md").write_text(markdown(merged))
+        write_plot(out.with_suffix(".png"), merged)
+        return
     if args.markdown_from:
         src = Path(args.markdown_from)
         data = json.loads(src.read_text())
@@ -207,6 +219,20 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(results))
     write_plot(out.with_suffix(".png"), results)
     print(markdown(results))
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One result from several: settings of the first, rows of every run by (sampler, NFE)."""
+    out = {k: v for k, v in parts[0].items() if k != "runs"}
+    out["runs"], out["merged_from"] = {}, len(parts)
+    for part in parts:
+        for name, run in part["runs"].items():
+            dst = out["runs"].setdefault(name, {**run, "rows": []})
+            rows = {(r["sampler"], r["nfe"]): r for r in dst["rows"]}
+            rows.update({(r["sampler"], r["nfe"]): r for r in run["rows"]})
+            dst["rows"] = sorted(rows.values(), key=lambda r: (r["sampler"], r["nfe"]))
+            dst["timing"] = dst.get("timing") or run.get("timing")
+    return out
 
 
 def write_plot(path: Path, results: dict, title: str = "") -> None:

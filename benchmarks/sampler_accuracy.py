@@ -25,19 +25,13 @@ Run ``python benchmarks/sampler_accuracy.py --help`` and see ``benchmarks/README
 
 from __future__ import annotations
 
-import os
-
-# One BLAS/OpenMP thread unless told otherwise: on a shared 2-core machine, multi-threaded small
-# ops (OpenMP barriers) get >10x slower as soon as another job takes a core.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _common  # first: one BLAS/OpenMP thread unless told otherwise (before numpy and torch)
 
 import argparse
 import datetime as _dt
-import importlib.metadata
 import json
 import math
-import platform
+import os
 import statistics
 import sys
 import time
@@ -725,13 +719,7 @@ def main(argv: list[str] | None = None) -> int:
             results[setting.key] = run_setting(setting, args, log)
     runtime = time.perf_counter() - t0
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    for pkg in ("gddim-lightning", "scipy", "matplotlib"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
+    versions = _common.versions()
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     cfg.update(target_sampler=TARGET, target_nfe=TARGET_NFE, sw_projections=SW_PROJECTIONS, sw_seed=SW_SEED,
                floor_sigmas=FLOOR_SIGMAS, samplers={s.key: s.label for s in SAMPLERS},

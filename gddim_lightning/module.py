@@ -26,6 +26,11 @@ from .sdes.base import LinearSDE
 from .sdes.cld import CLD
 
 
+def _norm(value: Any) -> Any:
+    """Lists and tuples compare equal (YAML gives lists, code tuples)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 class DiffusionModule(L.LightningModule):
     """Train an eps-network for a linear process and sample it with any sampler.
 
@@ -219,9 +224,22 @@ class DiffusionModule(L.LightningModule):
     #: key marking an EMA-only checkpoint (``scripts/export_pretrained.py``; the files in ``pretrained/``)
     EMA_ONLY_KEY = "gddim_ema_only"
 
+    #: stored hyperparameters that change what the network's output means: a checkpoint whose values differ
+    #: from the module's would load without error and sample wrongly
+    MEANING_KEYS = ("data_shape", "parameterization", "mixed_score", "precondition", "sigma_data",
+                    "network_output", "score_matching")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """An EMA-only checkpoint holds the EMA weights alone: they become the online weights too, so
-        ``predict``/``validate`` run on it. It cannot resume training (no optimiser state)."""
+        """Refuses a checkpoint trained with other `MEANING_KEYS` values than this module's. An EMA-only
+        checkpoint holds the EMA weights alone: they become the online weights too, so ``predict`` and
+        ``validate`` run on it; it cannot resume training (no optimiser state)."""
+        stored = checkpoint.get("hyper_parameters") or {}
+        clash = [(k, stored[k], self.hparams[k]) for k in self.MEANING_KEYS
+                 if k in stored and k in self.hparams and _norm(stored[k]) != _norm(self.hparams[k])]
+        if clash:
+            text = "; ".join(f"{k}: checkpoint {a!r}, model {b!r}" for k, a, b in clash)
+            raise ValueError(f"the checkpoint was trained with other model settings ({text}); load it with the config "
+                             "it was trained with (the CLI's --ckpt_path applies the checkpoint's own settings)")
         if not checkpoint.get(self.EMA_ONLY_KEY):
             return
         trainer = self._trainer

@@ -229,3 +229,13 @@ def test_velocity_only_network_refuses_what_needs_the_position_score():
     m = CLDModule(process=CLD, backbone=functools.partial(MLP, hidden=8), data_shape=(3,), parameterization="L",
                   network_output="velocity", sampler=SSCS(6))
     assert (m.net.in_dim, m.net.out_dim) == (6, 3)
+
+
+def test_loading_a_checkpoint_of_other_settings_is_refused():
+    """Same weights' names, other meaning: a precondition=True checkpoint into a mixed-score model."""
+    src = make("vp", precondition=True)
+    dst = make("vp", mixed_score=True)
+    ckpt = {"state_dict": src.state_dict(), "hyper_parameters": dict(src.hparams)}
+    with pytest.raises(ValueError, match="precondition: checkpoint True, model False"):
+        dst.on_load_checkpoint(ckpt)
+    make("vp", precondition=True).on_load_checkpoint(ckpt)  # the same settings load
