@@ -776,3 +776,79 @@ def test_explicit_solvers_warn_beyond_their_stability_bound():
         EulerMaruyama(300).sample(p, eps, SampleNoise([1], dtype=F64))
         for q in (VPSDE((2,)), CLD((2,))):
             EulerMaruyama(50).sample(q, ring_mixture((2,), k=3, seed=1).eps_fn(q), SampleNoise([1], dtype=F64))
+
+
+# ---------------------------------------------------------------------------------------- start time
+@pytest.mark.parametrize("name", ["vp", "cld", "bdm"])
+def test_point_mass_landing_exact_from_any_start_time(name):
+    """From a start t_s < T the exact probability-flow state at t_min is Psi(t_min,0) u0 + R_tmin R_ts^-1 (u_ts -
+    Psi(t_s,0) u0); deterministic gDDIM with R lands on it at any NFE, and its grid starts at t_s."""
+    p, x0, seeds, _ = landing_setup(name)
+    ts = 0.62
+    u_s = mean_state(p, x0, ts, 3) + p.prior_sample(SampleNoise(seeds, dtype=F64).randn(p.state_shape), ts)
+    eps_s = app(p, torch.linalg.inv(p.R(tt(ts))), u_s - mean_state(p, x0, ts, 3))
+    target = mean_state(p, x0, 1e-3, 3) + app(p, p.R(tt(1e-3)), eps_s)
+    for nfe in [1, 3, 20]:
+        seen = []
+        s = GDDIM(nfe, order=2, denoise="none", t_start=ts)
+        r = s.sample(p, RPointEps(p, x0), SampleNoise(seeds, dtype=F64), u_T=u_s, callback=lambda d: seen.append(d["t"]))
+        assert seen[0] == ts and r.info["times"][0].item() == ts
+        assert (r.state - target).abs().max() < 1e-9, (nfe, (r.state - target).abs().max().item())
+
+
+def test_prior_is_drawn_at_the_start_time():
+    """Without u_T the sampler draws R_{t_start} z: with denoise='none' and one step of an eps_fn returning z's
+    own value, the first eps call sees exactly that state."""
+    p = CLD((2,))
+    seeds = [4, 5]
+    first = []
+
+    def eps_fn(u, t):
+        first.append((u.clone(), float(t[0])))
+        return torch.zeros_like(u)
+
+    GDDIM(2, denoise="none", t_start=0.5).sample(p, eps_fn, SampleNoise(seeds, dtype=F64))
+    expected = p.prior_sample(SampleNoise(seeds, dtype=F64).randn(p.state_shape), 0.5)
+    assert first[0][1] == 0.5 and torch.allclose(first[0][0], expected, rtol=0, atol=1e-15)
+
+
+def test_rho_start_is_the_time_of_that_noise_to_signal_ratio():
+    p = BDM((1, 4, 4))
+    t80 = p.time_at_rho(80.0)
+    assert abs(p.noise_to_signal(tt([t80])).item() - 80.0) < 1e-8 * 80
+    assert 0.99 < t80 < 1.0  # the cosine log-SNR schedule: about 0.9963
+    assert GDDIM(10, rho_start=80.0).start_time(p) == t80
+    assert p.time_at_rho(1e6) == p.T  # never that noisy: start at T
+    grid = Ancestral(10, rho_start=80.0).times(p, 9)
+    assert grid[0].item() == t80 and grid[-1].item() == 1e-3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(t_start=0.5, rho_start=80.0), "t_start or rho_start, not both"),
+    (dict(t_start=1e-3), "t_start must be a finite time above t_min"),
+    (dict(t_start=float("nan")), "t_start must be a finite time"),
+    (dict(rho_start=-1.0), "rho_start must be a positive finite"),
+])
+def test_bad_start_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GDDIM(10, **kwargs)
+
+
+def test_start_beyond_T_fails_when_checked_against_the_process():
+    with pytest.raises(ValueError, match=r"must lie in \(t_min=0.001, T=1.0\]"):
+        GDDIM(10, t_start=1.5).check(VPSDE((2,)))
+    with pytest.raises(ValueError, match="starts at"):
+        GDDIM(nfe=3, grid=ExplicitGrid([1.0, 0.5, 1e-3]), t_start=0.9).check(VPSDE((2,)))
+
+
+def test_sscs_paper_variant_evaluates_the_score_at_the_step_start():
+    p = CLD((2,))
+    times = {"midpoint": [], "start": []}
+    for variant in times:
+        SSCS(4, score_time=variant, denoise="none").sample(
+            p, lambda u, t, v=variant: times[v].append(float(t[0])) or torch.zeros_like(u), SampleNoise([0], dtype=F64))
+    grid = SSCS(4).times(p, 4).tolist()
+    assert times["start"] == grid[:-1]
+    assert times["midpoint"] == pytest.approx([0.5 * (a + b) for a, b in zip(grid[:-1], grid[1:])], abs=1e-15)
+    with pytest.raises(ValueError, match="score_time"):
+        SSCS(4, score_time="end")
