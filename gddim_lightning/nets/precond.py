@@ -77,7 +77,8 @@ class Preconditioner:
         t64 = as_time(t)
         K = p.K(t64, self.kind)
         b, di = p.block_size, p.layout.data_index
-        col = p.psi(t64, torch.zeros_like(t64))[..., :, di : di + 1]  # Psi e: [B, n, b, 1]
+        psi = p.psi(t64, torch.zeros_like(t64))
+        col = psi[..., :, di : di + 1]  # Psi e: [B, n, b, 1]
         C = self.sigma_data**2 * col @ col.transpose(-1, -2) + K @ K.transpose(-1, -2)
         C = 0.5 * (C + C.transpose(-1, -2))
         evals, V = torch.linalg.eigh(C)
@@ -90,7 +91,7 @@ class Preconditioner:
         proj = nvec @ nvec.transpose(-1, -2)
         if b == 1:
             proj = torch.ones_like(proj)  # n = +-1: exactly the identity
-        signal = proj @ skip @ p.psi(t64, torch.zeros_like(t64)) / s
+        signal = proj @ skip @ psi / s
         return PrecondCoefficients(c_in, skip, s * proj, proj, signal)
 
     def _apply(self, A: Tensor, u: Tensor) -> Tensor:
