@@ -29,3 +29,16 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def max_relative_difference(fast, ref, state_shape, times, batch: int, scale: float, seed: int = 1234) -> float:
+    """Max over ``times`` of ``max|ref - fast| / max|ref|`` of two eps functions on states ``scale * N(0, I)``
+    (``batch`` of them per time, float64, seeded): how the benchmarks check a fast oracle against a reference."""
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for t in times:
+        u = scale * torch.randn((batch, *state_shape), generator=g, dtype=torch.float64)
+        tt = torch.full((batch,), t, dtype=torch.float64)
+        a, b = ref(u, tt), fast(u, tt)
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+    return worst

@@ -229,14 +229,7 @@ def dense_eps(mixture: SpectralMixture, process: LinearSDE, u: Tensor, t: float,
 
 def oracle_check(fast: Callable, ref: Callable, process: LinearSDE, seed: int = 1234) -> float:
     """Max relative difference of two eps functions on random states at several times."""
-    g = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    for t in (1e-3, 1e-2, 0.2, 0.7, 1.0):
-        u = 1.5 * torch.randn((16, *process.state_shape), generator=g, dtype=torch.float64)
-        tt = torch.full((16,), t, dtype=torch.float64)
-        a, b = ref(u, tt), fast(u, tt)
-        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
-    return worst
+    return _common.max_relative_difference(fast, ref, process.state_shape, (1e-3, 1e-2, 0.2, 0.7, 1.0), 16, 1.5, seed)
 
 
 class FastNoise(BatchNoise):

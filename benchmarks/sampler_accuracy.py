@@ -121,14 +121,7 @@ class SharedCovarianceEps:
 def verify_oracle(mixture: GaussianMixture, process: LinearSDE, fast: SharedCovarianceEps) -> float:
     """Max relative difference between the fast oracle and the package oracle on random states."""
     ref = mixture.eps_fn(process)
-    g = torch.Generator().manual_seed(1234)
-    worst = 0.0
-    for t in (1e-3, 1e-2, 0.1, 0.3, 0.6, 1.0):
-        u = 2.0 * torch.randn((64, *process.state_shape), generator=g, dtype=torch.float64)
-        tt = torch.full((64,), t, dtype=torch.float64)
-        a, b = ref(u, tt), fast(u, tt)
-        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
-    return worst
+    return _common.max_relative_difference(fast, ref, process.state_shape, (1e-3, 1e-2, 0.1, 0.3, 0.6, 1.0), 64, 2.0)
 
 
 class BatchNoise(SampleNoise):
