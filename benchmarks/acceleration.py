@@ -601,20 +601,20 @@ BASELINES = [
 BASELINE = {b.key: b for b in BASELINES}
 RK45_STYLE = dict(color="#1f77b4", marker="h")
 GDDIM_STYLE = dict(color="#d62728", marker="s")
-LABELS = {**{b.key: b.label for b in BASELINES}, "rk45": "prob. flow RK45", "gddim": "gDDIM (q=2, default)"}
+LABELS = {**{b.key: b.label for b in BASELINES}, "rk45": "prob. flow RK45", "gddim": "gDDIM (q=1, default)"}
 
 
 def diagnostics(setting: Setting) -> list[tuple[str, str, Callable[[], Sampler]]]:
     """gDDIM variants at NFE 20 that isolate the error terms (key, what it changes, sampler)."""
     st = setting.gddim_start()
     out = [
-        ("order-1", "order q=1 (DDIM)", lambda: GDDIM(TARGET_NFE, order=1, **st)),
-        ("order-3", "order q=3", lambda: GDDIM(TARGET_NFE, order=3, **st)),
+        ("order-1", "order q=0 (DDIM)", lambda: GDDIM(TARGET_NFE, q=0, **st)),
+        ("order-3", "order q=2", lambda: GDDIM(TARGET_NFE, q=2, **st)),
         ("grid-uniform", "uniform grid", lambda: GDDIM(TARGET_NFE, grid=UniformGrid(), **st)),
         ("grid-logsnr", "log-SNR grid", lambda: GDDIM(TARGET_NFE, grid=LogSNRGrid(), **st)),
         ("final-euler", "Euler final step instead of Tweedie", lambda: GDDIM(TARGET_NFE, denoise="euler", **st)),
-        ("converged", "q=3 at NFE 200 (what no step count removes: start time, t_min, final step)",
-         lambda: GDDIM(200, order=3, **st)),
+        ("converged", "q=2 at NFE 200 (what no step count removes: start time, t_min, final step)",
+         lambda: GDDIM(200, q=2, **st)),
     ]
     if setting.process == "bdm":
         out.insert(5, ("start-T", "start at T instead of rho=80", lambda: GDDIM(TARGET_NFE)))
@@ -656,13 +656,13 @@ def run_setting(setting: Setting, args: argparse.Namespace, log) -> dict:
         dop, info = reference_dop853(oracle, u_start[key][:n_path], t0, t_min, rtol=args.ref_rtol)
         dop = project(dop)
         r1 = time.perf_counter()
-        ref_sampler = GDDIM(args.ref_nfe, order=3, denoise="none", t_start=t0)
+        ref_sampler = GDDIM(args.ref_nfe, q=2, denoise="none", t_start=t0)
         _, gd, _ = run_sampler(ref_sampler, process, oracle, FastNoise(n_path, 0), u_start[key][:n_path])
         agree = path_error(project(gd), dop)
         refs[key] = {"t_start": t0, "dop853": dop, "gddim": gd, "dop853_info": info, "dop853_time_s": r1 - r0,
                      "gddim_sampler": repr(ref_sampler), "gddim_time_s": time.perf_counter() - r1,
                      "agreement_rms": agree[0], "agreement_se": agree[1]}
-        log(f"  reference from {key} (t={t0:.6g}): DOP853 {info['nfev']} evaluations {r1 - r0:.0f}s, gDDIM q=3 NFE "
+        log(f"  reference from {key} (t={t0:.6g}): DOP853 {info['nfev']} evaluations {r1 - r0:.0f}s, gDDIM q=2 NFE "
             f"{args.ref_nfe} {time.perf_counter() - r1:.0f}s; RMS difference {agree[0]:.2e}")
 
     runs: list[dict] = []
@@ -907,7 +907,7 @@ def diagnostics_table(res: dict) -> list[str]:
     metrics = [m for m in METRICS if m in res["target"]["metrics"]]
     L = ["| gDDIM variant | NFE | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |",
          "|---|---:|" + "---:|" * len(metrics)]
-    rows = [("default (q=2, quadratic grid, Tweedie final step)",
+    rows = [("default (q=1, quadratic grid, Tweedie final step)",
              next(r for r in res["runs"] if r["sampler"] == "gddim" and r["grid_nfe"] == TARGET_NFE))]
     what = {d["key"]: d["what"] for d in res["diagnostics"]}
     rows += [(what[r["variant"]], r) for r in res["runs"] if r["sampler"] == "gddim-diag"]
@@ -971,7 +971,7 @@ def write_markdown(path: Path, payload: dict) -> None:
          f"`{Path(cfg['out']).name}.json`; plots: `{Path(cfg['out']).name}_{{vp,cld,bdm}}.png`.", "",
          "Every sampler is driven by the exact eps of a Gaussian mixture, and every error measure has expectation "
          "exactly 0 for exact sampling, so none has a statistical floor; each comes with a standard error (SE). "
-         f"A baseline *matches* gDDIM (q=2, its defaults) at NFE {TARGET_NFE} at the smallest NFE where its error "
+         f"A baseline *matches* gDDIM (q=1, its defaults) at NFE {TARGET_NFE} at the smallest NFE where its error "
          f"is within {SIGMAS:g} SE of gDDIM's (SE of the difference, sqrt(se_b^2 + se_g^2)) or below it; "
          f"'>{MAX_NFE}' = never within {MAX_NFE} NFE; '>N' = never up to the largest NFE tried; 'unresolved' = "
          f"gDDIM's value at NFE {TARGET_NFE} is within {SIGMAS:g} SE of 0 (exact sampling), so nothing can be said "
@@ -996,7 +996,7 @@ def write_markdown(path: Path, payload: dict) -> None:
          "- Processes: `VPSDE` (linear beta 0.1..20), `CLD` (paper settings), `BDM` (cosine log-SNR schedule, "
          "sigma_blur_max 10 (official gDDIM code) and 20 (BDM paper) at 32x32, 2.5 and 5 at 8x8: blur is in "
          "pixels, so it scales with the image size).",
-         f"- gDDIM: `GDDIM(nfe)` defaults (order q=2, quadratic grid, t_min=1e-3, Tweedie final step), on BDM "
+         f"- gDDIM: `GDDIM(nfe)` defaults (order q=1, quadratic grid, t_min=1e-3, Tweedie final step), on BDM "
          f"with the official start `rho_start={BDM_RHO_START:g}` (t = "
          + ", ".join(f"{r['starts'].get('rho80'):.6g} ({k})" for k, r in results.items() if "rho80" in r["starts"])
          + "); elsewhere it starts at T.",
@@ -1011,7 +1011,7 @@ def write_markdown(path: Path, payload: dict) -> None:
          "by path error too). Other grids than the default are tried at 8x8"
          + (" and 32x32." if cfg.get("alt_grids_32") else " only (cost)."),
          "- Path error reference: the probability-flow ODE written with the exact score (no R, no sampler code) "
-         f"solved by scipy DOP853 (rtol {cfg['ref_rtol']:g}), and gDDIM q=3 with {cfg['ref_nfe']} steps, both "
+         f"solved by scipy DOP853 (rtol {cfg['ref_rtol']:g}), and gDDIM q=2 with {cfg['ref_nfe']} steps, both "
          "float64 from the same initial state; every sampler's state is compared at t_min = 1e-3, before its "
          "final step (which differs between samplers and is not part of the ODE); the final step's effect shows "
          "in the distribution metrics.", "",
@@ -1026,7 +1026,7 @@ def write_markdown(path: Path, payload: dict) -> None:
                  + ", ".join(f"{k} {v:.1e}" for k, v in res["oracle_checks"].items())
                  + f" | {agree} | {min(paths):.2e} | {res['time_s']:.0f} s |")
     L += ["", "## What limits gDDIM at NFE 20", "",
-          "gDDIM variants at NFE 20 that change one thing each; 'converged' (q=3, NFE 200) keeps what no step count "
+          "gDDIM variants at NFE 20 that change one thing each; 'converged' (q=2, NFE 200) keeps what no step count "
           "removes (start time, t_min, final step).", ""]
     for res in results.values():
         if res["diagnostics"]:
@@ -1124,7 +1124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run every baseline on the whole NFE grid (default: stop once it matches by every metric)")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
                    help="skip the gDDIM variants at NFE 20 (order, grid, start, final step)")
-    p.add_argument("--ref-nfe", type=int, default=2000, help="steps of the gDDIM q=3 path reference (default 2000)")
+    p.add_argument("--ref-nfe", type=int, default=2000, help="steps of the gDDIM q=2 path reference (default 2000)")
     p.add_argument("--ref-rtol", type=float, default=1e-9, help="rtol of the DOP853 path reference (default 1e-9)")
     p.add_argument("--modes", type=int, default=8, help="mixture components (default 8)")
     p.add_argument("--pixel-std", type=float, default=0.3, help="mean within-mode pixel std (default 0.3)")

@@ -88,13 +88,13 @@ class SwitchSampler(Sampler):
 def experiments(T_rho80: float) -> dict[str, list[tuple[str, Sampler]]]:
     out: dict[str, list[tuple[str, Sampler]]] = {"start": [], "grid": [], "switch": []}
     for nfe in (20, 50):
-        out["start"] += [(f"q=2 from T, NFE {nfe}", GDDIM(nfe, order=2)),
-                         (f"q=2 from rho=80, NFE {nfe}", GDDIM(nfe, order=2, rho_start=80.0)),
-                         (f"q=2 from rho=20, NFE {nfe}", GDDIM(nfe, order=2, rho_start=20.0)),
+        out["start"] += [(f"q=1 from T, NFE {nfe}", GDDIM(nfe, q=1)),
+                         (f"q=1 from rho=80, NFE {nfe}", GDDIM(nfe, q=1, rho_start=80.0)),
+                         (f"q=1 from rho=20, NFE {nfe}", GDDIM(nfe, q=1, rho_start=20.0)),
                          (f"official BDM sampler, NFE {nfe}", GDDIM(nfe, **OFFICIAL_BDM))]
     for gname, grid in (("uniform", UniformGrid()), ("quadratic", QuadraticGrid()), ("log-SNR", LogSNRGrid())):
         for order in (1, 2, 3):
-            out["grid"].append((f"{gname}, {order} node(s), rho=80", GDDIM(20, order=order, grid=grid, rho_start=80.0)))
+            out["grid"].append((f"{gname}, {order} node(s), rho=80", GDDIM(20, q=order - 1, grid=grid, rho_start=80.0)))
     for ts in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, T_rho80):
         out["switch"].append((f"t_s = {ts:.3g}", SwitchSampler(20, ts, rho_start=80.0)))
     return out
@@ -152,8 +152,8 @@ def main() -> None:
         if not args.only or "spectrum" in args.only:
             data_bands = band_variance(p, train)
             spec = {"data": data_bands}
-            for label, sampler in (("gDDIM q=2 NFE 20 rho=80", GDDIM(20, order=2, rho_start=80.0)),
-                                   ("gDDIM q=2 NFE 20 from T", GDDIM(20, order=2)),
+            for label, sampler in (("gDDIM q=1 NFE 20 rho=80", GDDIM(20, q=1, rho_start=80.0)),
+                                   ("gDDIM q=1 NFE 20 from T", GDDIM(20, q=1)),
                                    ("ancestral NFE 50", Ancestral(50))):
                 s = model.sample(seeds, sampler, batch_size=500).samples
                 spec[label] = band_variance(p, s.clamp(-1, 1))

@@ -186,18 +186,18 @@ def is_scalar(p: LinearSDE) -> bool:
 
 
 SAMPLERS = [
-    SamplerSpec("gddim-o1", "gDDIM q=1 (R)", lambda n: GDDIM(n, order=1), gddim=True, max_nfe=200,
+    SamplerSpec("gddim-o1", "gDDIM q=0 (R)", lambda n: GDDIM(n, q=0), gddim=True, max_nfe=200,
                 style=dict(color="#1f77b4", marker="o", ls="-")),
-    SamplerSpec("gddim-o2", "gDDIM q=2 (R)", lambda n: GDDIM(n, order=2), gddim=True, max_nfe=200,
+    SamplerSpec("gddim-o2", "gDDIM q=1 (R)", lambda n: GDDIM(n, q=1), gddim=True, max_nfe=200,
                 style=dict(color="#d62728", marker="s", ls="-", lw=2.2)),
-    SamplerSpec("gddim-o3", "gDDIM q=3 (R)", lambda n: GDDIM(n, order=3), gddim=True, max_nfe=200,
+    SamplerSpec("gddim-o3", "gDDIM q=2 (R)", lambda n: GDDIM(n, q=2), gddim=True, max_nfe=200,
                 style=dict(color="#9467bd", marker="^", ls="-")),
-    SamplerSpec("gddim-sto", "gDDIM stoch. lambda=1", lambda n: GDDIM(n, order=1, lambda_=1.0), stochastic=True,
+    SamplerSpec("gddim-sto", "gDDIM stoch. lambda=1", lambda n: GDDIM(n, q=0, lambda_=1.0), stochastic=True,
                 img_max_nfe=500, style=dict(color="#17becf", marker="v", ls="-")),
     # On VP and BDM, L_t = R_t = sigma_t I: the K='L' sampler is the R sampler; run on CLD only.
-    SamplerSpec("gddim-L-o1", "gDDIM q=1 (L)", lambda n: GDDIM(n, order=1, K="L"), applies=is_cld, max_nfe=500,
+    SamplerSpec("gddim-L-o1", "gDDIM q=0 (L)", lambda n: GDDIM(n, q=0, K="L"), applies=is_cld, max_nfe=500,
                 style=dict(color="#8c564b", marker="o", ls=":")),
-    SamplerSpec("gddim-L-o2", "gDDIM q=2 (L)", lambda n: GDDIM(n, order=2, K="L"), applies=is_cld, max_nfe=500,
+    SamplerSpec("gddim-L-o2", "gDDIM q=1 (L)", lambda n: GDDIM(n, q=1, K="L"), applies=is_cld, max_nfe=500,
                 style=dict(color="#e377c2", marker="s", ls=":")),
     SamplerSpec("em", "Euler-Maruyama lambda=1 (uniform)", lambda n: EulerMaruyama(n, lambda_=1.0), stochastic=True,
                 style=dict(color="#2ca02c", marker="D", ls="--")),
@@ -507,9 +507,9 @@ def write_markdown(path: Path, payload: dict) -> None:
          "## Key summary: NFE each baseline needs to match gDDIM (order 2) at NFE 20",
          "",
          f"Each cell gives two NFEs, **band / strict**, with the ratio to {TARGET_NFE} in brackets. "
-         f"**band**: the target is the error of gDDIM q=2 (R) at NFE {TARGET_NFE}, but where that lies inside the "
+         f"**band**: the target is the error of gDDIM q=1 (R) at NFE {TARGET_NFE}, but where that lies inside the "
          f"noise band (max(floor mean, c) + {FLOOR_SIGMAS:g} floor std; c = error of the converged deterministic "
-         "solution, gDDIM q=3 at its largest NFE, the level every deterministic sampler converges to with the "
+         "solution, gDDIM q=2 at its largest NFE, the level every deterministic sampler converges to with the "
          "shared initial noise) it cannot be resolved and the target becomes the band's edge: the NFE the baseline "
          "needs to become statistically indistinguishable from exact sampling, as gDDIM already is at NFE 20 "
          "(*at floor* in the first row). This is robust but, at the floor, only a lower bound on gDDIM's advantage. "
@@ -527,7 +527,7 @@ def write_markdown(path: Path, payload: dict) -> None:
          "",
          *summary_table(results, "sw", best=True),
          "",
-         "Same, with the Frechet distance as the error (target gDDIM q=2 at NFE 20):",
+         "Same, with the Frechet distance as the error (target gDDIM q=1 at NFE 20):",
          "",
          *summary_table(results, "fd"),
          ""]
@@ -600,7 +600,7 @@ def write_plot(path: Path, payload: dict, metric: str) -> None:
     axes[0, 2].axis("off")
     fig.suptitle(f"Sampler error vs NFE with the exact eps of a Gaussian mixture "
                  f"({'sliced Wasserstein' if metric == 'sw' else 'Frechet distance'}; red dashed: "
-                 f"target = gDDIM q=2 at NFE {TARGET_NFE})", fontsize=13)
+                 f"target = gDDIM q=1 at NFE {TARGET_NFE})", fontsize=13)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -82,7 +82,8 @@ class SampleCallback(L.Callback):
     """Sample with fixed seeds during training; log a grid / scatter plot, FID or point metrics.
 
     Runs at the end of every ``every_n_epochs``-th training epoch (also when ``max_steps`` stops an
-    epoch early, and under ``fast_dev_run``) and, if set, every ``every_n_steps`` optimiser steps.
+    epoch early, and under ``fast_dev_run``), if set every ``every_n_steps`` optimiser steps, and once
+    more when ``fit`` ends (``at_end``) if the final step was not evaluated yet.
     Every rank must run the same hooks (it does under Lightning): sampling is split across ranks and
     the metrics use collective operations.
 
@@ -123,6 +124,9 @@ class SampleCallback(L.Callback):
         use_ema: sample the EMA weights (else the online network).
         log_grid: log the grid / scatter image.
         every_n_steps: also evaluate every n optimiser steps (``None`` or 0: never).
+        at_end: also evaluate once when ``fit`` ends normally, on the final weights, unless the last
+            evaluation was at the final step already (so a run shorter than the interval still logs
+            its FID).
 
     Raises:
         ValueError: for an unknown ``metric``, non-positive counts, or ``metric="inception"`` without
@@ -143,6 +147,7 @@ class SampleCallback(L.Callback):
         use_ema: bool = True,
         log_grid: bool = True,
         every_n_steps: int | None = None,
+        at_end: bool = True,
     ) -> None:
         super().__init__()
         if metric not in METRICS:
@@ -162,6 +167,7 @@ class SampleCallback(L.Callback):
             raise ValueError(f"SampleCallback(every_n_steps={every_n_steps!r}) must be >= 0 or None")
         self.every_n_epochs = int(every_n_epochs)
         self.every_n_steps = int(every_n_steps or 0)
+        self.at_end = bool(at_end)
         self.num_samples = int(num_samples)
         self.num_grid = int(num_grid)
         self.seed = int(seed)
@@ -239,6 +245,10 @@ class SampleCallback(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and (self.every_n_epochs > 0 or self.every_n_steps > 0):  # not when disabled
             self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

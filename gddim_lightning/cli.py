@@ -22,9 +22,11 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
 
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -34,13 +36,16 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .checkpointing import AtomicCheckpointIO, FinalModelCheckpoint, InterruptCheckpoint, TrainingInterrupted
 from .data.seeds import SeedDataModule
 from .module import DiffusionModule
-from .writer import SampleWriter
+from .progress import LineProgressBar
+from .summary import fit_summary, predict_summary
+from .writer import PredictInterrupted, SampleWriter
 
 __all__ = [
     "FinalModelCheckpoint", "GDDIMCLI", "PredictOptions", "ResumeRNGState", "VersionedSaveConfigCallback", "main",
@@ -112,8 +117,10 @@ class PredictOptions:
         out_dir: output folder; refused if it already holds samples, unless ``overwrite``.
         format: ``npz`` (always written), ``png`` (one file per sample), ``grid`` (one overview
             PNG); a list such as ``[npz,png]`` or a comma-separated string.
-        overwrite: replace the outputs of an earlier run in ``out_dir``.
+        overwrite: replace the outputs of an earlier run in ``out_dir`` (only files that run recorded in
+            its ``meta.json``, unchanged since; the new outputs replace them only once complete).
         grid_size: images shown in ``grid.png``.
+        allow_untrained: sample without trained weights (no ``--ckpt_path``): refused otherwise.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class PredictOptions:
         format: Union[str, list[str]] = "npz",
         overwrite: bool = False,
         grid_size: int = 64,
+        allow_untrained: bool = False,
     ) -> None:
         self.num_samples = num_samples
         self.seed = seed
@@ -133,6 +141,7 @@ class PredictOptions:
         self.format = format
         self.overwrite = overwrite
         self.grid_size = grid_size
+        self.allow_untrained = allow_untrained
 
 
 class VersionedSaveConfigCallback(SaveConfigCallback):
@@ -244,6 +253,30 @@ class GDDIMCLI(LightningCLI):
             if cause is err:
                 raise
             self.parser.error(str(cause))
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        """One plain error, before any work, when ``--ckpt_path`` holds a model of another process,
+        backbone or data shape than the config builds (`DiffusionModule.identity`)."""
+        ckpt = self._sub().get("ckpt_path") if self.subcommand else None
+        check = getattr(self.model, "identity_mismatch", None)
+        if ckpt is None or check is None or str(ckpt) in _SPECIAL_CKPT or not Path(ckpt).is_file():
+            return
+        mismatch = check(self._load_checkpoint(ckpt).get(DiffusionModule.IDENTITY_KEY))
+        if mismatch:
+            self.parser.error(f"--ckpt_path {ckpt}: {mismatch}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """When stdout is not a terminal (a log file, CI), a line of progress every few percent
+        (`LineProgressBar`) instead of tqdm's redraws, unless the config chose a progress bar."""
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_cfg = cfg.get("trainer") or {}
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if (trainer_cfg.get("enable_progress_bar") is not False and not sys.stdout.isatty()
+                and not any(isinstance(c, ProgressBar) for c in callbacks)):
+            trainer_cfg["callbacks"] = [*callbacks, LineProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ checkpoint hyperparameters
     def _parse_ckpt_path(self) -> None:
@@ -308,7 +341,19 @@ class GDDIMCLI(LightningCLI):
 
     def _load_checkpoint(self, ckpt: Any) -> dict:
         """Reads a checkpoint with ``weights_only=True`` (tensors and plain data only: nothing in the file
-        can run code); a file that fails is one clear error instead of a traceback."""
+        can run code); a file that fails, or that is not a checkpoint, is one clear error instead of a
+        traceback. Read once per path."""
+        cache = self.__dict__.setdefault("_checkpoints", {})
+        if str(ckpt) not in cache:
+            data = self._read_checkpoint(ckpt)
+            if not isinstance(data, dict) or "state_dict" not in data:
+                what = type(data).__name__ if not isinstance(data, dict) else "a dict without 'state_dict'"
+                self.parser.error(f"--ckpt_path {ckpt} is not a checkpoint of this package (it holds {what}); pass "
+                                  "a .ckpt written by fit or one of pretrained/*.ckpt")
+            cache[str(ckpt)] = data
+        return cache[str(ckpt)]
+
+    def _read_checkpoint(self, ckpt: Any) -> Any:
         try:
             return torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError (code or foreign objects), RuntimeError/EOFError (corrupt)
@@ -325,16 +370,13 @@ class GDDIMCLI(LightningCLI):
 
     def _predict_data_from_checkpoint(self, cfg: Namespace, ckpt: Any) -> None:
         """predict never builds the training data: the seeds module replaces it, shaped from the checkpoint."""
-        if ckpt is None:
-            rank_zero_warn("predict without --ckpt_path samples an untrained network; pass --ckpt_path CKPT")
-            return
-        if str(ckpt) in _SPECIAL_CKPT or "://" in str(ckpt):
-            return
+        opts = cfg.predict
+        if ckpt is None or str(ckpt) in _SPECIAL_CKPT or "://" in str(ckpt):
+            return  # no weights to read the data shape from (untrained weights are refused in before_predict)
         hparams = self._load_checkpoint(ckpt).get("hyper_parameters", {})
         shape = hparams.get("data_shape")
         if shape is None:
             return
-        opts = cfg.predict
         cfg.data = Namespace(
             class_path="gddim_lightning.data.seeds.SeedDataModule",
             init_args=Namespace(num_samples=opts.num_samples, seed=opts.seed, batch_size=opts.batch_size,
@@ -360,8 +402,13 @@ class GDDIMCLI(LightningCLI):
             strategy.checkpoint_io = AtomicCheckpointIO()
 
     def fit(self, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
         try:
-            return self.trainer.fit(**kwargs)
+            out = self.trainer.fit(**kwargs)
+            if self.trainer.is_global_zero:
+                configs = self._sub().get("config") or []
+                print(fit_summary(self.trainer, configs, time.perf_counter() - t0), flush=True)
+            return out
         except TrainingInterrupted as stop:
             print(f"gddim_lightning: {stop}", file=sys.stderr, flush=True)
             sys.exit(stop.exit_code)
@@ -386,7 +433,29 @@ class GDDIMCLI(LightningCLI):
         return self._evaluate("test", **kwargs)
 
     def predict(self, **kwargs: Any) -> Any:
-        return self._evaluate("predict", **kwargs)
+        t0 = time.perf_counter()
+        try:
+            out = self._evaluate("predict", **kwargs)
+        except PredictInterrupted as stop:  # the writer has said what it kept
+            sys.exit(stop.exit_code)
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, SampleWriter)), None)
+        if writer is not None and self.trainer.is_global_zero:
+            print(predict_summary(writer.out_dir, writer.last_meta, time.perf_counter() - t0), flush=True)
+        return out
+
+    def _refuse_untrained(self, ckpt: Any, allowed: bool) -> None:
+        """Last check before predict samples: weights that were never trained or loaded are refused
+        unless asked for (after every config error, so those are reported first)."""
+        if ckpt is not None and str(ckpt) not in _SPECIAL_CKPT:
+            return
+        what = ("no --ckpt_path" if ckpt is None else
+                f"--ckpt_path {ckpt} (a name fit resolves in its own run; predict starts a fresh one and would find no "
+                "weights)")
+        if not allowed:
+            self.parser.error(f"predict with {what} would sample an untrained network; pass --ckpt_path FILE.ckpt "
+                              "(written by fit, or one of pretrained/*.ckpt), or --predict.allow_untrained true to "
+                              "sample the untrained network on purpose")
+        rank_zero_warn(f"predict with {what}: sampling an untrained network (--predict.allow_untrained true)")
 
     def before_predict(self) -> None:
         self._drop_checkpoint_callback()
@@ -411,6 +480,7 @@ class GDDIMCLI(LightningCLI):
             meta={"request": {"num_samples": dm.num_samples, "seed": dm.seed, "batch_size": dm.batch_size}},
         )
         self.trainer.callbacks.append(writer)
+        self._refuse_untrained(self._sub().get("ckpt_path"), opts.allow_untrained)
         sub = self.config_init[self.subcommand]
         if sub.get("return_predictions") is None:
             sub["return_predictions"] = False  # the writer has them; do not hold every sample twice
@@ -427,6 +497,31 @@ EXAMPLES = """examples:
       --model.init_args.sampler.init_args.nfe 50                      # another sampler setting
   python benchmarks/digits_fid.py --run cld configs/cld.yaml CKPT     # compare samplers by FID
 (python -m gddim_lightning works the same way)"""
+
+
+class _DropNoise(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger (nothing to act on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+#: third-party warnings a user of the CLI cannot act on (deprecations inside Lightning and jsonargparse)
+NOISE = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree helper on torch >= 2.9
+    r".*was deprecated in v4\.\d+\.\d+ and will be removed in v5\.0\.0",  # LightningCLI's jsonargparse calls
+    r".*LightningCLI's args parameter is intended to run from within Python",
+)
+
+
+def quiet_third_party_noise() -> None:
+    """Filters the known third-party noise (`NOISE`, the litlogger tip). Called by the CLI entry point
+    only: importing the package changes no warning filter."""
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise())
 
 
 def main(args: list[str] | None = None, run: bool = True) -> GDDIMCLI:
@@ -448,6 +543,7 @@ def main(args: list[str] | None = None, run: bool = True) -> GDDIMCLI:
 
 
 def console_main() -> None:
-    """Entry point of the ``gddim-lightning`` console script (`main` returns the CLI object, which a
-    console script would turn into an exit status)."""
+    """Entry point of ``gddim-lightning`` and ``python -m gddim_lightning`` (`main` returns the CLI
+    object, which a console script would turn into an exit status)."""
+    quiet_third_party_noise()
     main()

@@ -10,6 +10,8 @@ with the data shape and the state's channel count, so a config never states a sh
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -103,7 +105,7 @@ class DiffusionModule(L.LightningModule):
         self.t_eps = t_eps
         self.ema = EMA(self.net, beta=ema_decay, update_after_step=ema_update_after_step,
                        update_every=ema_update_every, include_online_model=False)
-        self.sampler = sampler if sampler is not None else GDDIM(nfe=20, order=2)
+        self.sampler = sampler if sampler is not None else GDDIM(nfe=20, q=1)
         self._check_backbone()
         self.check_sampler(self.sampler, "model.sampler")
 
@@ -229,10 +231,48 @@ class DiffusionModule(L.LightningModule):
     MEANING_KEYS = ("data_shape", "parameterization", "mixed_score", "precondition", "sigma_data",
                     "network_output", "score_matching")
 
+    #: checkpoint entry with `identity` (written by every save, checked by every load)
+    IDENTITY_KEY = "gddim_identity"
+
+    def identity(self) -> dict[str, Any]:
+        """What the weights mean beyond the hyperparameters: the process (class and every parameter), the
+        backbone (class, parameter count and a digest of its parameter names and shapes, which its
+        construction arguments determine) and the data shape. Stored in every checkpoint and in
+        ``meta.json``; a checkpoint whose identity differs is refused on load."""
+        shapes = [(k, list(v.shape)) for k, v in self.net.state_dict().items()]
+        return {
+            "process": self.process.describe(),
+            "backbone": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
+            "backbone_parameters": int(sum(p.numel() for p in self.net.parameters())),
+            "backbone_shapes": hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16],
+            "data_shape": list(self.data_shape),
+        }
+
+    def identity_mismatch(self, stored: dict[str, Any] | None) -> str | None:
+        """``None`` if ``stored`` (a checkpoint's `identity`) matches this module, else one sentence naming
+        every difference, both sides, and what to do. ``stored=None`` (a checkpoint written before
+        identities were recorded) cannot be checked and passes."""
+        if not stored:
+            return None
+        mine = self.identity()
+        diffs = [f"{k}: checkpoint {stored[k]!r}, this config {mine[k]!r}" for k in mine
+                 if k in stored and _norm(stored[k]) != _norm(mine[k])]
+        if not diffs:
+            return None
+        return ("the checkpoint was trained with another model than this config builds (" + "; ".join(diffs) +
+                "); use the config it was trained with (its process, backbone and data), or another checkpoint")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.IDENTITY_KEY] = self.identity()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses a checkpoint trained with other `MEANING_KEYS` values than this module's. An EMA-only
-        checkpoint holds the EMA weights alone: they become the online weights too, so ``predict`` and
-        ``validate`` run on it; it cannot resume training (no optimiser state)."""
+        """Refuses a checkpoint trained with another process, backbone or data shape (`identity`) or with
+        other `MEANING_KEYS` values than this module's. An EMA-only checkpoint holds the EMA weights
+        alone: they become the online weights too, so ``predict`` and ``validate`` run on it; it cannot
+        resume training (no optimiser state)."""
+        mismatch = self.identity_mismatch(checkpoint.get(self.IDENTITY_KEY))
+        if mismatch:
+            raise ValueError(mismatch)
         stored = checkpoint.get("hyper_parameters") or {}
         clash = [(k, stored[k], self.hparams[k]) for k in self.MEANING_KEYS
                  if k in stored and k in self.hparams and _norm(stored[k]) != _norm(self.hparams[k])]

@@ -10,17 +10,30 @@ Layout of ``out_dir`` after ``predict`` (``W`` ranks):
   grid; for 1-D data (2-D points) a scatter plot of all samples (needs matplotlib).
 * ``meta.json`` (rank 0, last): checkpoint, sampler, NFE, seeds, world size, versions, time taken.
 
-Every file is written to a temporary file in ``out_dir`` and moved into place with ``os.replace``,
-so a crash never leaves a half-written output under its final name. A folder that already holds
-outputs of this writer is refused before anything is sampled, unless ``overwrite=True``.
+Nothing in ``out_dir`` is touched until the run has finished: every output is first written to a
+staging folder inside it (``.predict-partial-<time>-<pid>``), and only a complete set is moved into
+place (``os.replace``, one file at a time, ``meta.json`` last). An interrupted or failed run (Ctrl+C,
+SIGTERM, a full disk, an error) leaves the earlier outputs as they were and its own partial outputs in
+the staging folder, and says so.
+
+``meta.json`` lists every output with its SHA-256 (``outputs``). A folder that already holds outputs
+is refused before anything is sampled unless ``overwrite=True``; even then only the files an earlier
+run recorded there, unchanged since, are replaced or removed. A file the writer did not write (a
+user's own ``000001.png`` or ``meta.json``), or one changed since, is never deleted or overwritten:
+such a folder is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import re
+import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -37,7 +50,7 @@ from torch import Tensor
 from .files import atomic_write
 from .visuals import image_grid
 
-__all__ = ["FORMATS", "SampleWriter", "find_outputs", "load_samples", "to_uint8"]
+__all__ = ["FORMATS", "PredictInterrupted", "SampleWriter", "find_outputs", "load_samples", "owned_outputs", "to_uint8"]
 
 FORMATS: tuple[str, ...] = ("npz", "png", "grid")
 _OUTPUT_RE = re.compile(r"^(meta\.json|grid\.png|samples_rank\d+\.npz|\d{6,}\.png)$")
@@ -49,6 +62,54 @@ def find_outputs(out_dir: str | os.PathLike) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if _OUTPUT_RE.match(p.name) and p.is_file())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _own_meta(path: Path) -> dict[str, Any] | None:
+    """``meta.json`` written by this writer (it lists its outputs), else ``None``."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("outputs"), dict) or \
+            "gddim_lightning" not in (meta.get("versions") or {}):
+        return None
+    return meta
+
+
+def owned_outputs(out_dir: str | os.PathLike) -> list[Path]:
+    """The files of ``out_dir`` an earlier predict run recorded in its ``meta.json`` as its outputs and
+    that are unchanged since (same SHA-256), ``meta.json`` included: the only files ``overwrite`` may
+    replace or remove."""
+    d = Path(out_dir)
+    meta = _own_meta(d / "meta.json")
+    if meta is None:
+        return []
+    owned = [d / "meta.json"]
+    for name, digest in meta["outputs"].items():
+        p = d / str(name)
+        if p.parent == d and p.is_file() and _sha256(p) == digest:
+            owned.append(p)
+    return sorted(owned)
+
+
+class PredictInterrupted(Exception):
+    """SIGINT or SIGTERM during ``predict`` (raised by the writer's signal handler)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"predict stopped by {signal.Signals(self.signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def load_samples(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +168,10 @@ def _scatter_png(path: Path, points: np.ndarray, title: str) -> bool:
     return True
 
 
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(p.name for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
+
+
 def _parse_formats(fmt: str | Sequence[str]) -> tuple[str, ...]:
     items = fmt.split(",") if isinstance(fmt, str) else list(fmt)
     items = [str(s).strip().lower() for s in items if str(s).strip()]
@@ -134,14 +199,16 @@ class SampleWriter(BasePredictionWriter):
         format: ``"npz"``, ``"png"``, ``"grid"``, or several (a list or ``"npz,png"``). The npz shards
             are always written (they hold the seeds, and every other output can be rebuilt from
             them); ``"png"`` adds one PNG per sample (images only), ``"grid"`` one overview PNG.
-        overwrite: replace the outputs of an earlier run in ``out_dir`` (its shards, PNGs and
-            ``meta.json``; other files are never touched). Without it such a folder is refused
-            before any sampling starts.
+        overwrite: replace the outputs of an earlier run in ``out_dir``: only the files its
+            ``meta.json`` records, unchanged since, and only once the new run is complete. Without it
+            such a folder is refused before any sampling starts.
         grid_size: number of images in ``grid.png`` (2-D points: every sample is plotted).
         meta: extra entries for ``meta.json`` (the CLI adds the seed request).
 
     Raises:
-        FileExistsError: in ``setup`` if ``out_dir`` holds outputs and ``overwrite`` is False.
+        FileExistsError: in ``setup`` if ``out_dir`` holds outputs and ``overwrite`` is False, or holds
+            files with output names that no earlier run recorded (never overwritten).
+        PredictInterrupted: on SIGINT or SIGTERM while sampling (the earlier outputs stay intact).
         ValueError: for an unknown format, or ``"png"`` for data that are not 1- or 3-channel images.
     """
 
@@ -161,6 +228,9 @@ class SampleWriter(BasePredictionWriter):
             raise ValueError(f"predict.grid_size must be >= 1, got {grid_size}")
         self.grid_size = int(grid_size)
         self.extra_meta = dict(meta or {})
+        self.staging: Path | None = None
+        self.last_meta: dict[str, Any] | None = None  # meta.json of the last finished run (rank 0)
+        self._previous_handlers: dict[int, Any] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -171,14 +241,31 @@ class SampleWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ checks
     def check_out_dir(self) -> None:
-        """Raises FileExistsError if ``out_dir`` holds outputs and ``overwrite`` is False."""
+        """Raises FileExistsError if ``out_dir`` is a file, is not writable, holds outputs and
+        ``overwrite`` is False, or holds files under output names that no earlier run recorded."""
+        where = f"predict.out_dir={str(self.out_dir)!r}"
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise FileExistsError(f"{where} is a file, not a folder; choose a folder for --predict.out_dir")
+        existing = next((p for p in [self.out_dir, *self.out_dir.absolute().parents] if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise FileExistsError(f"{where}: {str(existing)!r} is not writable; choose another --predict.out_dir")
         found = find_outputs(self.out_dir)
-        if found and not self.overwrite:
-            names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        if not found:
+            return
+        names = _names(found)
+        if not self.overwrite:
             raise FileExistsError(
-                f"predict.out_dir={str(self.out_dir)!r} already holds samples of an earlier run ({len(found)} "
-                f"file(s): {names}); refusing to overwrite them. Choose another --predict.out_dir, or pass "
-                "--predict.overwrite true (SampleWriter(overwrite=True)) to replace them."
+                f"{where} already holds samples of an earlier run ({len(found)} file(s): {names}); refusing to "
+                "overwrite them. Choose another --predict.out_dir, or pass --predict.overwrite true "
+                "(SampleWriter(overwrite=True)) to replace the files that run recorded in its meta.json."
+            )
+        owned = set(owned_outputs(self.out_dir))
+        foreign = [p for p in found if p not in owned]
+        if foreign:
+            raise FileExistsError(
+                f"{where} holds {len(foreign)} file(s) under output names that no earlier predict run recorded in "
+                f"its meta.json, or that changed since ({_names(foreign)}); predict never overwrites or deletes "
+                "them, even with --predict.overwrite true. Move them away or choose another --predict.out_dir."
             )
 
     def _check_data(self, data_shape: Sequence[int]) -> None:
@@ -207,16 +294,37 @@ class SampleWriter(BasePredictionWriter):
         error = trainer.strategy.broadcast(error)
         if error is not None:
             raise FileExistsError(error)
+        # The staging folder: every output goes there first (see the module docstring).
+        name = None
         if trainer.is_global_zero:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            for p in find_outputs(self.out_dir):  # only with overwrite=True: stale shards would join the union
-                p.unlink()
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            name = f".predict-partial-{stamp}-{os.getpid()}"
+            (self.out_dir / name).mkdir(parents=True)
+        name = trainer.strategy.broadcast(name)
+        self.staging = self.out_dir / name
         trainer.strategy.barrier("SampleWriter.setup")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ writing
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
+        self._install_handlers()
+
+    def _install_handlers(self) -> None:
+        """SIGINT and SIGTERM stop sampling at once (`PredictInterrupted`), leaving earlier outputs intact."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self._restore_handlers()  # a second signal acts as it would without this writer
+        raise PredictInterrupted(signum)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
@@ -233,7 +341,7 @@ class SampleWriter(BasePredictionWriter):
         self._nfe = max(self._nfe, int(prediction.get("nfe", 0)))
         if "png" in self.formats:
             for img, seed in zip(to_uint8(x), s.tolist()):
-                _save_png(self.out_dir / f"{seed:06d}.png", img)
+                _save_png(self._dir / f"{seed:06d}.png", img)
         self._samples.append(x)
         self._seeds.append(s)
 
@@ -246,13 +354,43 @@ class SampleWriter(BasePredictionWriter):
         _, first = np.unique(s, return_index=True)  # sorted unique seeds, first occurrence
         return x[first], s[first]
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rank, world = trainer.global_rank, trainer.world_size
+    @property
+    def _dir(self) -> Path:
+        """Where outputs are written while sampling: the staging folder (``out_dir`` outside ``predict``)."""
+        return self.staging if self.staging is not None else self.out_dir
+
+    def _write_shard(self, rank: int, pl_module: L.LightningModule) -> np.ndarray:
         x, s = self._local()
         if x.ndim == 1 and getattr(pl_module, "data_shape", None) is not None:
             x = x.reshape(0, *pl_module.data_shape)
-        shard = self.out_dir / f"samples_rank{rank}.npz"
+        shard = self._dir / f"samples_rank{rank}.npz"
         atomic_write(shard, lambda f: np.savez(f, samples=x.astype(np.float32), seeds=s.astype(np.int64)))
+        return x
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Keeps what was sampled (a shard of this rank's finished samples, in the staging folder) and says
+        where it is and that the earlier outputs are untouched."""
+        self._restore_handlers()
+        if self.staging is None or not self.staging.is_dir():
+            return
+        kept = "nothing"
+        try:
+            if self._seeds:
+                self._write_shard(trainer.global_rank, pl_module)
+            n = len(self._local()[1])
+            kept = f"the {n} sample(s) this process finished" if n else "nothing (no batch had finished)"
+        except Exception as err:  # a full disk: say so, do not hide the original error
+            kept = f"nothing more (writing the partial samples failed: {err})"
+        if trainer.is_global_zero:
+            print(f"gddim_lightning: predict did not finish ({type(exception).__name__}: {exception}). The earlier "
+                  f"contents of {str(self.out_dir)!r} are untouched; kept {kept} in {str(self.staging)!r} "
+                  "(delete it when you no longer need it).", file=sys.stderr, flush=True)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        rank, world = trainer.global_rank, trainer.world_size
+        x = self._write_shard(rank, pl_module)
+        s = self._local()[1]
 
         # Gather the seeds (and what the grid shows) on every rank; rank 0 writes grid and meta.
         points = x.ndim == 2
@@ -270,11 +408,11 @@ class SampleWriter(BasePredictionWriter):
             hx = hx[first] if points else hx[first][: self.grid_size]
             title = f"{len(hx)} samples, {type(getattr(pl_module, 'sampler', None)).__name__}, NFE {nfe}"
             if points:
-                if not _scatter_png(self.out_dir / "grid.png", hx, title):
+                if not _scatter_png(self._dir / "grid.png", hx, title):
                     warnings.warn("matplotlib is not installed: grid.png (scatter plot) skipped", stacklevel=2)
             else:
                 grid = image_grid(torch.as_tensor(hx), min_size=64, padding=2, pad_value=0.5)
-                _save_png(self.out_dir / "grid.png", to_uint8(grid * 2.0 - 1.0))
+                _save_png(self._dir / "grid.png", to_uint8(grid * 2.0 - 1.0))
         sampler = getattr(pl_module, "sampler", None)
         ckpt = trainer.ckpt_path
         meta = {
@@ -295,6 +433,7 @@ class SampleWriter(BasePredictionWriter):
             "shards": [f"samples_rank{r}.npz" for r in range(world)],
             "formats": list(self.formats),
             "use_ema": True,
+            "identity": pl_module.identity() if hasattr(pl_module, "identity") else None,
             "versions": {
                 "gddim_lightning": _version("gddim-lightning"),
                 "torch": torch.__version__,
@@ -306,8 +445,31 @@ class SampleWriter(BasePredictionWriter):
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **self.extra_meta,
         }
+        new_files = sorted(p for p in self._dir.iterdir() if p.is_file() and _OUTPUT_RE.match(p.name))
+        meta["outputs"] = {p.name: _sha256(p) for p in new_files if p.name != "meta.json"}
         text = json.dumps(meta, indent=2) + "\n"
-        atomic_write(self.out_dir / "meta.json", lambda f: f.write(text.encode()))
+        atomic_write(self._dir / "meta.json", lambda f: f.write(text.encode()))
+        self._swap_in(new_files)
+        self.last_meta = meta
+
+    def _swap_in(self, new_files: list[Path]) -> None:
+        """Moves the complete new outputs from the staging folder into ``out_dir`` (``meta.json`` last),
+        after removing the earlier run's recorded outputs that the new run does not replace."""
+        assert self.staging is not None
+        names = {p.name for p in new_files} | {"meta.json"}
+        owned = owned_outputs(self.out_dir)
+        foreign = [p for p in find_outputs(self.out_dir) if p not in set(owned) and p.name in names]
+        if foreign:  # appeared while sampling: never overwrite a file this writer did not write
+            raise FileExistsError(
+                f"files appeared in predict.out_dir={str(self.out_dir)!r} while sampling ({_names(foreign)}); they "
+                f"are kept, and the new outputs stay in {str(self.staging)!r}")
+        for p in owned:
+            if p.name not in names:
+                p.unlink()
+        for p in [*new_files, self.staging / "meta.json"]:  # meta.json last: it vouches for the rest
+            os.replace(p, self.out_dir / p.name)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging = None
 
     @staticmethod
     def _all_gather(trainer: L.Trainer, obj: Any) -> list[Any]:

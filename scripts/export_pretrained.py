@@ -31,7 +31,7 @@ def export(src: Path, dst: Path) -> dict:
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     if not any(k.startswith("ema.ema_model.") for k in state):
         raise SystemExit(f"{src} holds no EMA weights (ema.ema_model.*)")
-    out = {k: ckpt[k] for k in KEEP if k in ckpt}
+    out = {k: ckpt[k] for k in KEEP + (DiffusionModule.IDENTITY_KEY,) if k in ckpt}
     out.update({"state_dict": state, DiffusionModule.EMA_ONLY_KEY: True, "source": src.name})
     return out
 

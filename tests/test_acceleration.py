@@ -137,7 +137,7 @@ def test_the_two_path_references_agree_far_below_the_errors(process):
     z = torch.from_numpy(np.random.default_rng(0).standard_normal((6, *process.state_shape)))
     u0 = process.prior_sample(z)
     dop, info = acc.reference_dop853(oracle, u0, process.T, 1e-3)
-    _, gd, _ = acc.run_sampler(GDDIM(2000, order=3, denoise="none"), process, oracle, acc.FastNoise(6, 0), u0)
+    _, gd, _ = acc.run_sampler(GDDIM(2000, q=2, denoise="none"), process, oracle, acc.FastNoise(6, 0), u0)
     _, g20, nfe = acc.run_sampler(GDDIM(20), process, oracle, acc.FastNoise(6, 0), u0)
     agree = acc.path_error(gd, dop)[0]
     err20 = acc.path_error(g20, dop)[0]

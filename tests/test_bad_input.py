@@ -55,7 +55,7 @@ from gddim_lightning.sdes import VPSDE
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:LightningCLI's args parameter:UserWarning",
-    "ignore:predict without --ckpt_path:UserWarning",
+    "ignore:predict with no --ckpt_path:UserWarning",
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def empty_image_folder(tmp: Path) -> None:
 
 def tiny_module(**kw: Any) -> DiffusionModule:
     return DiffusionModule(process=VPSDE, backbone=functools.partial(MLP, hidden=8, depth=1), data_shape=(2,),
-                           sampler=GDDIM(nfe=4, order=1), **kw)
+                           sampler=GDDIM(nfe=4, q=0), **kw)
 
 
 def nan_weights_sample(tmp: Path) -> None:
@@ -344,18 +344,18 @@ CASES: list[Case] = [
          nan_weights_sample, FloatingPointError,
          r"eps_fn returned NaN or inf at step 0 \(t=1\); check the network weights"),
     # --- sampler settings
-    Case("sampler-order-0", "set the gDDIM order to 0", lambda tmp: GDDIM(order=0), ValueError,
-         r"order must be an integer >= 1, got 0"),
-    Case("sampler-order-5", "set the gDDIM order to 5", lambda tmp: GDDIM(order=5), ValueError,
-         r"order must be 1, 2, 3 or 4, got 5"),
+    Case("sampler-q-negative", "set the gDDIM multistep order q to -1", lambda tmp: GDDIM(q=-1), ValueError,
+         r"q must be an integer >= 0, got -1"),
+    Case("sampler-q-4", "set the gDDIM multistep order q to 4", lambda tmp: GDDIM(q=4), ValueError,
+         r"q \(the multistep order: polynomial degree, nodes - 1\) must be 0, 1, 2 or 3, got 4"),
     Case("sampler-nfe-0", "set nfe to 0", lambda tmp: GDDIM(nfe=0), ValueError,
          r"nfe must be an integer >= 2, got 0"),
     Case("sampler-nfe-1-with-denoise", "set nfe to 1 with a denoising step", lambda tmp: GDDIM(nfe=1), ValueError,
          r"nfe must be an integer >= 2, got 1 \(one grid step plus 1 denoising evaluation\)"),
     Case("sampler-negative-lambda", "set a negative lambda_", lambda tmp: GDDIM(lambda_=-0.5), ValueError,
          r"lambda_ must be >= 0, got -0\.5"),
-    Case("sampler-stochastic-multistep", "set lambda_ > 0 with order 2", lambda tmp: GDDIM(lambda_=1.0, order=2),
-         ValueError, r"stochastic gDDIM \(lambda_=1\.0\) is order 1 only; set order=1 or lambda_=0"),
+    Case("sampler-stochastic-multistep", "set lambda_ > 0 with q = 1", lambda tmp: GDDIM(lambda_=1.0, q=1),
+         ValueError, r"stochastic gDDIM \(lambda_=1\.0\) is single-step only; set q=0 or lambda_=0"),
     Case("sampler-unknown-denoise", "asked for a denoising step that does not exist",
          lambda tmp: GDDIM(denoise="ddim"), ValueError,
          r"denoise='ddim' is not one of \('tweedie', 'euler', 'none'\)"),
@@ -411,6 +411,27 @@ CASES: list[Case] = [
          cli("predict", "toy_vp.yaml", "--predict.out_dir", f"{TMP}/samples", setup=occupied_out_dir), CLI_EXIT,
          r"predict\.out_dir='.*samples' already holds samples of an earlier run .*--predict\.overwrite true",
          check=untouched_out_dir),
+    Case("predict-out-dir-foreign-files", "asked predict to overwrite a folder holding files it did not write",
+         cli("predict", "toy_vp.yaml", "--predict.out_dir", f"{TMP}/samples", "--predict.overwrite", "true",
+             setup=occupied_out_dir), CLI_EXIT,
+         r"holds 1 file\(s\) under output names that no earlier predict run recorded in its meta\.json, or that "
+         r"changed since \(meta\.json\); predict never overwrites or deletes them", check=untouched_out_dir),
+    Case("predict-out-dir-is-file", "gave predict an out_dir that is a file",
+         cli("predict", "toy_vp.yaml", "--predict.out_dir", f"{TMP}/samples",
+             setup=lambda tmp: (tmp / "samples").write_text("mine")), CLI_EXIT,
+         r"predict\.out_dir='.*samples' is a file, not a folder"),
+    Case("predict-untrained", "ran predict without --ckpt_path",
+         cli("predict", "toy_vp.yaml", "--predict.out_dir", f"{TMP}/samples"), CLI_EXIT,
+         r"predict with no --ckpt_path would sample an untrained network; pass --ckpt_path FILE\.ckpt"),
+    Case("checkpoint-not-a-checkpoint", "passed a torch.save'd tensor as --ckpt_path",
+         cli("predict", "toy_vp.yaml", "--ckpt_path", f"{TMP}/w.pt",
+             setup=lambda tmp: torch.save(torch.zeros(3), tmp / "w.pt")), CLI_EXIT,
+         r"--ckpt_path .*w\.pt is not a checkpoint of this package \(it holds Tensor\)"),
+    Case("checkpoint-other-model", "sampled a VP checkpoint with the BDM config",
+         cli("predict", "bdm.yaml", "--ckpt_path", str(REPO / "pretrained" / "vp_digits.ckpt"),
+             "--predict.out_dir", f"{TMP}/samples"), CLI_EXIT,
+         r"the checkpoint was trained with another model than this config builds \(process: checkpoint "
+         r"'VPSDE\(.*this config 'BDM\("),
     Case("predict-unknown-format", "asked predict for an output format that does not exist (gif)",
          cli("predict", "toy_vp.yaml", "--predict.out_dir", f"{TMP}/samples", "--predict.format", "[npz,gif]"),
          CLI_EXIT, r"predict\.format: unknown format\(s\) \['gif'\]; choose from \['npz', 'png', 'grid'\]"),

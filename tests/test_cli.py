@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -187,3 +188,61 @@ def test_console_script_is_declared_and_returns_nothing(monkeypatch):
     assert scripts == {"gddim-lightning": "gddim_lightning.cli:console_main"}
     monkeypatch.setattr(cli, "main", lambda *a, **k: object())
     assert cli.console_main() is None
+
+
+def test_redirected_fit_and_predict_are_quiet_and_end_with_a_summary(tmp_path):
+    """What a user sees from `python -m gddim_lightning fit ... > log`: no known third-party noise (the
+    litlogger tip, Lightning's LeafSpec deprecation), progress as a few lines instead of tqdm redraws, a
+    FID even though the run is shorter than the callback's interval, and a closing summary with the
+    checkpoint folder and the predict command; predict then says where its samples went."""
+    import subprocess
+    import sys
+
+    from helpers import clean_env
+
+    root = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gddim_lightning", "fit", "--config", str(CONFIGS / "cld.yaml"), *TINY_UNET,
+           "--trainer.max_steps", "4", "--trainer.default_root_dir", str(root),
+           # the config's SampleCallback (the last callback), every 50 epochs: never within 4 steps
+           "--trainer.callbacks.num_samples", "32", "--trainer.callbacks.batch_size", "32",
+           "--model.init_args.sampler.init_args.nfe", "4"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err[-3000:]
+    assert "litlogger" not in out + err and "LeafSpec" not in out + err
+    assert "\r" not in out and len(out) < 5000, out[-2000:]
+    assert "step 4/4 (100%)" in out
+    assert "fit finished: 4 steps" in out and "fid_32" in out
+    (ckpt_line,) = [line for line in out.splitlines() if line.strip().startswith("next:")]
+    assert "gddim-lightning predict --config" in ckpt_line and "last.ckpt" in ckpt_line
+    last = ckpt_line.split("--ckpt_path", 1)[1].strip()
+    assert Path(last).is_file()
+
+    samples = tmp_path / "samples"
+    proc = subprocess.run([sys.executable, "-m", "gddim_lightning", "predict", "--config", str(CONFIGS / "cld.yaml"),
+                           *TINY_UNET, "--model.init_args.sampler.init_args.nfe", "4", "--ckpt_path", last,
+                           "--predict.out_dir", str(samples), "--predict.num_samples", "8"],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predict finished: 8 samples, NFE 4" in proc.stdout and str(samples) in proc.stdout
+    assert "\r" not in proc.stdout
+
+
+def test_bf16_mixed_fit_and_predict_on_cpu(tmp_path):
+    """Mixed precision (bf16 autocast) trains and samples on CPU: finite loss, finite float32 samples."""
+    from gddim_lightning.writer import load_samples
+
+    root = tmp_path / "run"
+    main(["fit", "--config", str(CONFIGS / "cld.yaml"), *TINY_UNET, *QUIET, "--trainer.precision", "bf16-mixed",
+          "--trainer.max_steps", "2", "--trainer.callbacks=[]", "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(root), "--checkpoint.dirpath", str(root / "ckpt")])
+    ckpt = root / "ckpt" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    out = tmp_path / "samples"
+    main(["predict", "--config", str(CONFIGS / "cld.yaml"), *TINY_UNET, *QUIET, "--trainer.precision", "bf16-mixed",
+          "--trainer.callbacks=[]", "--trainer.default_root_dir", str(root), "--ckpt_path", str(ckpt),
+          "--model.init_args.sampler.init_args.nfe", "6", "--predict.out_dir", str(out), "--predict.num_samples", "4"])
+    x, seeds = load_samples(out)
+    assert x.dtype == np.float32 and x.shape == (4, 1, 8, 8) and np.isfinite(x).all()
+    assert seeds.tolist() == [0, 1, 2, 3]

@@ -192,7 +192,7 @@ KNOWN_FLAGS: dict[str, list[str]] = {
     "--model.init_args.ema_decay": ["0.9", "1.5", "-1"],
     "--model.init_args.betas": ["[0.9,0.99]", "[0.9]", "[a,b]"],
     "--model.init_args.sampler.init_args.nfe": ["2", "5", "1", "0", "-2"],
-    "--model.init_args.sampler.init_args.order": ["1", "2", "4", "0", "5"],
+    "--model.init_args.sampler.init_args.q": ["0", "1", "3", "-1", "4"],
     "--model.init_args.sampler.init_args.lambda_": ["0", "1.0", "-1"],
     "--model.init_args.sampler.init_args.t_min": ["1e-3", "0", "1.0", "5"],
     "--model.init_args.sampler.init_args.denoise": ["tweedie", "euler", "none", "ddim"],
@@ -292,7 +292,7 @@ def subprocess_cases(rng: random.Random) -> list[FuzzCase]:
         FuzzCase("sub-bad-class-and-typo", ("fit", "--config", TOY_VP, "--model.init_args.backbone",
                                             "gddim_lightning.nets.Nope", "--trainer.max_stepz", "3"), subprocess=True),
         FuzzCase("sub-instantiation-error", ("fit", "--config", TOY_VP, *TINY_TOY,
-                                             "--model.init_args.sampler.init_args.order", "0"), subprocess=True),
+                                             "--model.init_args.sampler.init_args.q", "-1"), subprocess=True),
     ]
 
 

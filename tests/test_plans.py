@@ -343,13 +343,13 @@ def test_plan_caching():
 def test_sampler_reuses_cached_plan():
     p = VPSDE((2,))
     eps = PointMass(tt([0.5, -0.5])).eps_fn(p)
-    sampler = GDDIM(10, order=3)
+    sampler = GDDIM(10, q=2)
     sampler.sample(p, eps, SampleNoise([0], dtype=F64))
     n = len(p.plan_cache)
     plan = next(iter(p.plan_cache.values()))
     sampler.sample(p, eps, SampleNoise([1, 2], dtype=F64))
     assert len(p.plan_cache) == n and next(iter(p.plan_cache.values())) is plan
-    GDDIM(10, order=2).sample(p, eps, SampleNoise([0], dtype=F64))
+    GDDIM(10, q=1).sample(p, eps, SampleNoise([0], dtype=F64))
     assert len(p.plan_cache) == n + 1
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +26,7 @@ from helpers import clean_env
 
 from gddim_lightning.cli import main
 from gddim_lightning.data import SeedDataModule
-from gddim_lightning.writer import SampleWriter, find_outputs, load_samples, to_uint8
+from gddim_lightning.writer import PredictInterrupted, SampleWriter, find_outputs, load_samples, to_uint8
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter:UserWarning")
 
@@ -195,8 +198,9 @@ def test_samples_depend_on_seed_only(ckpt, tmp_path):
     batch sizes. A trained one agrees to float32 round-off only: CPU GEMM / conv kernels are not
     batch-size invariant (a row of a matmul can round differently in a batch of 1 and of 7)."""
     a, b = tmp_path / "a", tmp_path / "b"
-    predict(None, a, "--predict.num_samples", "7", "--predict.batch_size", "7")
-    predict(None, b, "--predict.num_samples", "7", "--predict.batch_size", "2")
+    untrained = ("--predict.allow_untrained", "true")
+    predict(None, a, "--predict.num_samples", "7", "--predict.batch_size", "7", *untrained)
+    predict(None, b, "--predict.num_samples", "7", "--predict.batch_size", "2", *untrained)
     xa, sa = load_samples(a)
     xb, sb = load_samples(b)
     assert np.array_equal(sa, sb) and np.array_equal(xa, xb)
@@ -276,3 +280,231 @@ def test_predict_creates_no_logger_folders(ckpt, tmp_path):
     main(args)
     assert (tmp_path / "s").is_dir()
     assert not root.exists() or not any(root.rglob("*")), sorted(root.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------- never lose user files
+def _user_files(folder: Path) -> dict[str, bytes]:
+    files = {"1234567.png": b"my own picture", "notes.txt": b"mine"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_overwrite_replaces_only_recorded_unchanged_outputs(ckpt, tmp_path, capsys):
+    """--predict.overwrite removes only files an earlier run recorded in meta.json (with their hashes) and
+    that are unchanged: a user's file under an output name, or an output the user edited, is never touched,
+    and the folder is refused before sampling."""
+    out = tmp_path / "samples"
+    predict(ckpt, out, "--predict.num_samples", "3", "--predict.format", "[npz,png]")
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(meta["outputs"]) == {"000000.png", "000001.png", "000002.png", "samples_rank0.npz"}
+    assert meta["outputs"]["000001.png"] == hashlib.sha256((out / "000001.png").read_bytes()).hexdigest()
+    assert meta["identity"]["process"].startswith("CLD(") and meta["identity"]["data_shape"] == [1, 8, 8]
+    mine = _user_files(out)
+    before = digest(out)
+    with pytest.raises(SystemExit) as err:
+        predict(ckpt, out, "--predict.num_samples", "2", "--predict.overwrite", "true")
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "1234567.png" in msg and "never overwrites or deletes" in msg
+    assert digest(out) == before
+
+    (out / "1234567.png").unlink()  # the user moves their file away, but edits one of the outputs
+    (out / "000001.png").write_bytes(b"edited by hand")
+    with pytest.raises(SystemExit):
+        predict(ckpt, out, "--predict.num_samples", "2", "--predict.overwrite", "true")
+    assert "000001.png" in capsys.readouterr().err and (out / "000001.png").read_bytes() == b"edited by hand"
+
+    (out / "000001.png").unlink()
+    predict(ckpt, out, "--predict.num_samples", "2", "--predict.seed", "50", "--predict.overwrite", "true")
+    assert load_samples(out)[1].tolist() == [50, 51]
+    assert not (out / "000000.png").exists() and not (out / "000002.png").exists()  # recorded: replaced
+    assert (out / "notes.txt").read_bytes() == mine["notes.txt"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".predict-partial")]
+
+
+def test_foreign_meta_json_and_current_directory_are_safe(ckpt, tmp_path, monkeypatch, capsys):
+    """A meta.json the writer did not write is a user's file; --predict.out_dir "" (the current directory)
+    removes nothing it did not write."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    (cwd / "meta.json").write_text('{"mine": true}')
+    (cwd / "000000.png").write_bytes(b"user image")
+    for overwrite in ("false", "true"):
+        with pytest.raises(SystemExit):
+            predict(ckpt, Path(""), "--predict.num_samples", "2", "--predict.overwrite", overwrite)
+        assert (cwd / "meta.json").read_text() == '{"mine": true}'
+        assert (cwd / "000000.png").read_bytes() == b"user image"
+    assert "meta.json" in capsys.readouterr().err
+    (cwd / "meta.json").unlink()
+    (cwd / "000000.png").unlink()
+    (cwd / "keep.txt").write_text("x")
+    predict(ckpt, Path(""), "--predict.num_samples", "2", "--predict.format", "[npz]", root=tmp_path)
+    assert sorted(p.name for p in cwd.iterdir()) == ["keep.txt", "meta.json", "samples_rank0.npz"]
+
+
+def test_out_dir_that_is_a_file_is_refused(ckpt, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("data")
+    with pytest.raises(SystemExit) as err:
+        predict(ckpt, f, "--predict.num_samples", "2")
+    assert err.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert f.read_text() == "data"
+
+
+def _toy_model(signal_at: int | None, signum: int = signal.SIGTERM):
+    class Model(L.LightningModule):
+        data_shape = (2,)
+
+        def predict_step(self, batch, batch_idx):
+            if batch_idx == signal_at:
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler interrupts this at once
+            return {"samples": torch.full((len(batch), 2), float(batch_idx)), "seeds": batch, "nfe": 1}
+
+    return Model()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_predict_keeps_earlier_outputs_and_its_partial_samples(tmp_path, capsys, signum):
+    """SIGTERM or SIGINT while sampling: stops at once, the earlier outputs are untouched, the finished
+    batches are kept in the staging folder, and the message names it. Whatever disposition the test process
+    inherited (SIGINT ignored in a background job), the writer's handler is what runs."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        out = tmp_path / "o"
+
+        def run(model, overwrite):
+            trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                                callbacks=[SampleWriter(out, "npz", overwrite=overwrite)])
+            trainer.predict(model, datamodule=SeedDataModule(8, batch_size=2), return_predictions=False)
+
+        run(_toy_model(None), False)
+        before = digest(out)
+        t0 = time.monotonic()
+        with pytest.raises(PredictInterrupted) as err:
+            run(_toy_model(2, signum), True)
+        assert time.monotonic() - t0 < 4.0  # did not wait out the 5 s sleep
+        assert err.value.exit_code == 128 + signum
+        assert digest(out) == before
+        (partial,) = [p for p in out.iterdir() if p.name.startswith(".predict-partial")]
+        with np.load(partial / "samples_rank0.npz") as z:
+            assert z["seeds"].tolist() == [0, 1, 2, 3]  # batches 0 and 1 finished
+        msg = capsys.readouterr().err
+        assert "untouched" in msg and partial.name in msg and "4 sample(s)" in msg
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # handlers restored
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def test_sigterm_stops_cli_predict_within_seconds(ckpt, tmp_path):
+    """A real SIGTERM to a running `python -m gddim_lightning predict`: exit status 143 within seconds,
+    earlier outputs intact."""
+    out = tmp_path / "s"
+    predict(ckpt, out, "--predict.num_samples", "2", "--predict.format", "[npz]")
+    before = digest(out)
+    cmd = [sys.executable, "-m", "gddim_lightning", "predict", "--config", CONFIG, *MODEL, *QUIET,
+           "--trainer.callbacks=[]", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt),
+           "--predict.out_dir", str(out), "--predict.num_samples", "1000000", "--predict.batch_size", "4",
+           "--predict.overwrite", "true"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in out.iterdir() if p.name.startswith(".predict-partial")]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # sampling has started
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "untouched" in err
+    assert digest(out) == before
+
+
+# ---------------------------------------------------------------------------------------- the right model
+def test_checkpoint_of_another_process_or_backbone_is_refused(ckpt, tmp_path, capsys):
+    """The checkpoint records the process, the backbone and the data shape; a config that builds another
+    model is refused with one sentence naming both sides, before anything runs."""
+    for extra, words in ((("--model.init_args.process.init_args.beta", "8.0"), ("process", "beta=4.0", "beta=8.0")),
+                         (("--model.init_args.backbone.init_args.base_channels", "16"), ("backbone_parameters",))):
+        with pytest.raises(SystemExit) as err:
+            predict(ckpt, tmp_path / "o", "--predict.num_samples", "2", *extra)
+        assert err.value.code == 2
+        msg = capsys.readouterr().err
+        assert "trained with another model than this config builds" in msg
+        assert all(w in msg for w in words), msg
+        assert not (tmp_path / "o").exists()
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert stored["gddim_identity"]["process"].startswith("CLD(")
+
+
+def test_identity_check_on_load_without_the_cli(ckpt):
+    """The module refuses the same mismatch when a checkpoint is loaded through Lightning directly."""
+    from gddim_lightning.module import CLDModule
+
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    from gddim_lightning.nets import UNet
+    from gddim_lightning.sdes import CLD
+
+    model = CLDModule(process=lambda shape: CLD(shape, beta=8.0),
+                      backbone=lambda c: UNet(c, base_channels=8, num_res_blocks=1, image_size=8),
+                      data_shape=(1, 8, 8), mixed_score=True)
+    with pytest.raises(ValueError, match=r"process: checkpoint 'CLD\(.*beta=4\.0.*this config 'CLD\(.*beta=8\.0"):
+        model.on_load_checkpoint(stored)
+
+
+@pytest.mark.parametrize("ckpt_arg", [None, "last"])
+def test_predict_refuses_untrained_weights(tmp_path, capsys, ckpt_arg):
+    """No checkpoint (or Lightning's 'last', which a fresh predict cannot resolve) samples an untrained
+    network: refused unless asked for explicitly."""
+    extra = () if ckpt_arg is None else ("--ckpt_path", ckpt_arg)
+    with pytest.raises(SystemExit) as err:
+        predict(None, tmp_path / "o", "--predict.num_samples", "2", *extra)
+    assert err.value.code == 2
+    assert "untrained network" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    predict(None, tmp_path / "o", "--predict.num_samples", "2", "--predict.allow_untrained", "true", *extra)
+    assert load_samples(tmp_path / "o")[1].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("content", ["tensor", "empty-dict"])
+def test_non_checkpoint_files_are_refused(tmp_path, capsys, content):
+    bad = tmp_path / "weights.pt"
+    torch.save(torch.zeros(3) if content == "tensor" else {}, bad)
+    with pytest.raises(SystemExit) as err:
+        predict(bad, tmp_path / "o", "--predict.num_samples", "2")
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "weights.pt is not a checkpoint of this package" in msg
+
+
+SHIPPED = [("vp", "vp_digits"), ("bdm", "bdm_digits"), ("cld_precond", "cld_precond_digits"), ("cld", "cld_digits")]
+
+
+@pytest.mark.parametrize("config, name", SHIPPED)
+def test_shipped_checkpoints_record_the_model_of_their_config(config, name):
+    """Every pretrained/*.ckpt records its identity, and it is the model its config builds."""
+    path = REPO / "pretrained" / f"{name}.ckpt"
+    if not path.exists():
+        pytest.skip(f"{path.name} is not shipped")
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    model = main(["--config", str(REPO / "configs" / f"{config}.yaml")], run=False).model
+    assert model.identity_mismatch(stored["gddim_identity"]) is None
+    assert stored["gddim_identity"] == model.identity()
+
+
+def test_vp_checkpoint_into_the_bdm_config_is_refused(tmp_path, capsys):
+    """The reported case: a VP model sampled with configs/bdm.yaml ran without complaint."""
+    with pytest.raises(SystemExit) as err:
+        main(["predict", "--config", str(REPO / "configs" / "bdm.yaml"), *QUIET, "--ckpt_path",
+              str(REPO / "pretrained" / "vp_digits.ckpt"), "--predict.out_dir", str(tmp_path / "o")])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "process: checkpoint 'VPSDE(" in msg and "this config 'BDM(" in msg
+    assert not (tmp_path / "o").exists()

@@ -235,8 +235,8 @@ def test_ill_conditioned_grid_sampler_raises_value_error_not_nan():
     times = [T, T - 2**-53, T - 2**-52, T - 3 * 2**-53, 1e-5]
     eps = ORACLES["vp_linear"]["ring"]
     with pytest.raises(ValueError, match="ill-conditioned"):
-        GDDIM(5, order=4, grid=ExplicitGrid(times), t_min=1e-5).sample(p, eps, SampleNoise([0, 1], dtype=F32))
-    r = GDDIM(5, order=1, grid=ExplicitGrid(times), t_min=1e-5).sample(p, eps, SampleNoise([0, 1], dtype=F32))
+        GDDIM(5, q=3, grid=ExplicitGrid(times), t_min=1e-5).sample(p, eps, SampleNoise([0, 1], dtype=F32))
+    r = GDDIM(5, q=0, grid=ExplicitGrid(times), t_min=1e-5).sample(p, eps, SampleNoise([0, 1], dtype=F32))
     assert torch.isfinite(r.state).all()
 
 
@@ -277,11 +277,11 @@ def make_sampler(kind: str, steps: int, grid, t_min: float, denoise: str, order:
     dn = 0 if denoise == "none" else 1
     kw = {"grid": grid, "t_min": t_min, "denoise": denoise}
     if kind == "gddim":
-        return GDDIM(steps + dn, order=order, **kw)
+        return GDDIM(steps + dn, q=order - 1, **kw)
     if kind == "gddim_L":
-        return GDDIM(steps + dn, order=order, K="L", **kw)
+        return GDDIM(steps + dn, q=order - 1, K="L", **kw)
     if kind == "gddim_stochastic":
-        return GDDIM(steps + dn, order=1, lambda_=lam, **kw)
+        return GDDIM(steps + dn, q=0, lambda_=lam, **kw)
     if kind == "euler_maruyama":
         return EulerMaruyama(steps + dn, lambda_=lam, **kw)
     if kind == "pf_euler":
@@ -406,7 +406,7 @@ def test_any_setting_runs_finite_or_raises_value_error(kind, pname, nfe, order, 
     p = SAMPLER_PROCESSES[pname]
     kw = {"t_min": t_min, "denoise": denoise}
     build = {
-        "gddim": lambda: GDDIM(nfe, order=order, lambda_=lam, K=K, **kw),
+        "gddim": lambda: GDDIM(nfe, q=order - 1, lambda_=lam, K=K, **kw),
         "euler_maruyama": lambda: EulerMaruyama(nfe, lambda_=lam, **kw),
         "heun": lambda: Heun(nfe, **kw),
         "sscs": lambda: SSCS(nfe, **kw),
@@ -424,10 +424,10 @@ def test_any_setting_runs_finite_or_raises_value_error(kind, pname, nfe, order, 
 # --------------------------------------------------------------------------- 3. NFE 1000, every process
 NFE_1000 = {
     "vp_linear": lambda: EulerMaruyama(1000, lambda_=1.0, t_min=1e-5),
-    "vp_cosine": lambda: GDDIM(1000, order=4, t_min=1e-5, grid=UniformGrid()),
+    "vp_cosine": lambda: GDDIM(1000, q=3, t_min=1e-5, grid=UniformGrid()),
     "vp_cosine_logsnr": lambda: Ancestral(1000, t_min=1e-5),
-    "cld": lambda: GDDIM(1000, order=4, t_min=1e-5),
-    "bdm": lambda: GDDIM(1000, order=1, lambda_=1.5, t_min=1e-5, grid=LogSNRGrid()),
+    "cld": lambda: GDDIM(1000, q=3, t_min=1e-5),
+    "bdm": lambda: GDDIM(1000, q=0, lambda_=1.5, t_min=1e-5, grid=LogSNRGrid()),
 }
 
 

@@ -95,7 +95,7 @@ def test_gddim_order1_is_ddim_on_vp(grid):
         return torch.tanh(u) * (1 + t[:, None]) + 0.1 * torch.sin(3 * u)
 
     steps = []
-    r = GDDIM(12, order=1, denoise="none", grid=grid).sample(p, eps_fn, SampleNoise(range(4), dtype=F64), u_T=uT,
+    r = GDDIM(12, q=0, denoise="none", grid=grid).sample(p, eps_fn, SampleNoise(range(4), dtype=F64), u_T=uT,
                                                              callback=lambda d: steps.append(d))
     times = r.info["times"]
     assert len(steps) == 12 == r.nfe
@@ -131,17 +131,17 @@ def test_point_mass_landing_exact(name, order):
     oracle = PointMass(x0).eps_fn(p)
     exact = RPointEps(p, x0)
     for nfe in [1, 2, 3, 5, 20]:
-        r = GDDIM(nfe, order=order, denoise="none").sample(p, exact, SampleNoise(seeds, dtype=F64), u_T=uT)
+        r = GDDIM(nfe, q=order - 1, denoise="none").sample(p, exact, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert r.nfe == nfe
         # BDM: one step T -> t_min multiplies round-off by |Psi(t_min, T)| ~ 1e5 on high frequencies
         tol = 1e-9 if name == "bdm" else 1e-10
         assert (r.state - target).abs().max() < tol, (nfe, (r.state - target).abs().max().item())
-        r = GDDIM(nfe, order=order, denoise="none").sample(p, oracle, SampleNoise(seeds, dtype=F64), u_T=uT)
+        r = GDDIM(nfe, q=order - 1, denoise="none").sample(p, oracle, SampleNoise(seeds, dtype=F64), u_T=uT)
         # with the oracle the closed-form Sigma vs numeric R mismatch (~1e-12 relative on CLD) is amplified by
         # |Psi(t_min, T)| ~ 5e4 (one step) or by the order-4 extrapolation: measured <= 2e-8 on CLD
         tol = 1e-7 if name == "cld" else 1e-9
         assert (r.state - target).abs().max() < tol, (nfe, (r.state - target).abs().max().item())
-        r = GDDIM(nfe + 1, order=order, denoise="tweedie").sample(p, oracle, SampleNoise(seeds, dtype=F64), u_T=uT)
+        r = GDDIM(nfe + 1, q=order - 1, denoise="tweedie").sample(p, oracle, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert r.nfe == nfe + 1
         assert (r.samples - x0).abs().max() < 1e-9, nfe
 
@@ -152,12 +152,12 @@ def test_cld_with_L_fails_at_low_nfe(order):
     target = pf_target(p, x0, uT, 1e-3)
     eps = PointMass(x0).eps_fn(p)
     for nfe in [5, 10, 20]:
-        rL = GDDIM(nfe, order=order, K="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
-        rR = GDDIM(nfe, order=order, K="R", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        rL = GDDIM(nfe, q=order - 1, K="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        rR = GDDIM(nfe, q=order - 1, K="R", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert (rL.state - target).abs().max() > 1e-2, nfe
         assert (rR.state - target).abs().max() < 1e-7, nfe
     if order == 2:  # K='L' does converge to the same flow, slowly (sanity of the L machinery)
-        rL = GDDIM(400, order=2, K="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        rL = GDDIM(400, q=1, K="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert (rL.state - target).abs().max() < 1e-3
 
 
@@ -182,7 +182,7 @@ def test_point_mass_flow_matches_scipy_solve():
     res = solve_ivp(rhs, (1.0, 1e-3), uT.numpy().reshape(-1), method="DOP853", rtol=1e-10, atol=1e-12)
     ref = torch.from_numpy(res.y[:, -1].copy()).reshape(2, 4)
     assert (ref - pf_target(p, x0, uT, 1e-3)).abs().max() < 1e-7
-    r = GDDIM(10, order=1, denoise="none").sample(p, PointMass(x0).eps_fn(p), SampleNoise(seeds, dtype=F64), u_T=uT)
+    r = GDDIM(10, q=0, denoise="none").sample(p, PointMass(x0).eps_fn(p), SampleNoise(seeds, dtype=F64), u_T=uT)
     assert (r.state - ref).abs().max() < 1e-7
 
 
@@ -249,7 +249,7 @@ def test_stochastic_sampler_preserves_point_mass_marginals_monte_carlo(name):
     uT = mean_state(p, x0, 1.0, N) + p.prior_sample(z)
     states = []
     grid = ExplicitGrid([1.0, 0.5, 0.2, 1e-3])
-    GDDIM(3, order=1, lambda_=1.0, denoise="none", grid=grid).sample(
+    GDDIM(3, q=0, lambda_=1.0, denoise="none", grid=grid).sample(
         p, PointMass(x0).eps_fn(p), SampleNoise(seeds, dtype=F64), u_T=uT, callback=lambda d: states.append(d["u"]))
     for t, u in zip([0.5, 0.2], states[:2]):
         m = mean_state(p, x0, t, 1)[0]
@@ -296,7 +296,7 @@ def test_stochastic_lambda0_equals_deterministic_order1(name):
     mix = ring_mixture(p.data_shape, k=3, seed=1)
     eps = mix.eps_fn(p)
     seeds = [4, 5, 6]
-    det = GDDIM(9, order=1, denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64))
+    det = GDDIM(9, q=0, denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64))
     times = det.info["times"]
     plan = stochastic_plan(p, times, 0.0)
     noise = SampleNoise(seeds, dtype=F64)
@@ -312,7 +312,7 @@ def test_stochastic_lambda0_equals_deterministic_order1(name):
     # noise: the clipped sqrt of a round-off P (~1e-12 on CLD, so ~1e-6 std per step), not exactly 0
     assert (u - det.state).abs().max() < (1e-4 if name == "cld" else 1e-7)
     # and the sampler itself routes lambda_=0 to the deterministic path
-    r = GDDIM(9, order=1, lambda_=0.0, denoise="none").sample(p, eps, SampleNoise([9, 9, 9], dtype=F64),
+    r = GDDIM(9, q=0, lambda_=0.0, denoise="none").sample(p, eps, SampleNoise([9, 9, 9], dtype=F64),
                                                                u_T=p.prior_sample(SampleNoise(seeds, dtype=F64).randn(p.state_shape)))
     assert torch.equal(r.state, det.state)
 
@@ -327,7 +327,7 @@ def test_ancestral_equals_gddim_lambda1(name, denoise):
     uT = p.prior_sample(torch.randn(5, *p.state_shape, generator=torch.Generator().manual_seed(9), dtype=F64))
     nfe = 8 if denoise == "none" else 9
     a = Ancestral(nfe, denoise=denoise).sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
-    b = GDDIM(nfe, order=1, lambda_=1.0, grid=UniformGrid(), denoise=denoise).sample(
+    b = GDDIM(nfe, q=0, lambda_=1.0, grid=UniformGrid(), denoise=denoise).sample(
         p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
     assert a.nfe == b.nfe == nfe
     assert (a.state - b.state).abs().max() < 1e-10
@@ -337,15 +337,15 @@ def test_ancestral_equals_gddim_lambda1(name, denoise):
 def test_stochastic_gddim_cld_lambda2_runs():
     p = CLD((2,))
     eps = PointMass(tt([0.5, -0.5])).eps_fn(p)
-    r = GDDIM(5, order=1, lambda_=2.0).sample(p, eps, SampleNoise([0, 1], dtype=F64))
+    r = GDDIM(5, q=0, lambda_=2.0).sample(p, eps, SampleNoise([0, 1], dtype=F64))
     assert torch.isfinite(r.samples).all()
 
 
 # --------------------------------------------------------------------------- per-sample seeds
 def _seed_cases():
     return [
-        ("gddim_l1_vp", lambda: GDDIM(6, order=1, lambda_=1.0), lambda: VPSDE((2,))),
-        ("gddim_l1_cld", lambda: GDDIM(6, order=1, lambda_=0.7), lambda: CLD((2,))),
+        ("gddim_l1_vp", lambda: GDDIM(6, q=0, lambda_=1.0), lambda: VPSDE((2,))),
+        ("gddim_l1_cld", lambda: GDDIM(6, q=0, lambda_=0.7), lambda: CLD((2,))),
         ("em_vp", lambda: EulerMaruyama(6), lambda: VPSDE((2,))),
         ("em_cld", lambda: EulerMaruyama(6, lambda_=0.5), lambda: CLD((2,))),
         ("sscs_cld", lambda: SSCS(6), lambda: CLD((2,))),
@@ -454,7 +454,7 @@ def test_convergence_order(name, capsys):
     errs = {}
     for q in [1, 2, 3, 4]:
         errs[q] = np.array([
-            (GDDIM(n, order=q, denoise="none", grid=QuadraticGrid()).sample(
+            (GDDIM(n, q=q - 1, denoise="none", grid=QuadraticGrid()).sample(
                 p, eps, SampleNoise(seeds, dtype=F64), u_T=uT).state - ref).abs().max().item()
             for n in CONV_NFES])
     slopes = {q: -np.polyfit(np.log(CONV_NFES[-3:]), np.log(errs[q][-3:]), 1)[0] for q in errs}
@@ -487,24 +487,24 @@ def test_convergence_reference_agrees_with_high_nfe_gddim(name):
     ref = _pf_reference(p, mix, uT, 1e-3, rtol=1e-11)
     ref9 = _pf_reference(p, mix, uT, 1e-3, rtol=1e-9)
     assert (ref - ref9).abs().max() < 1e-8
-    hi = GDDIM(2000, order=4, denoise="none").sample(p, mix.eps_fn(p), SampleNoise(seeds, dtype=F64), u_T=uT).state
+    hi = GDDIM(2000, q=3, denoise="none").sample(p, mix.eps_fn(p), SampleNoise(seeds, dtype=F64), u_T=uT).state
     assert (hi - ref).abs().max() < 1e-7
 
 
 # --------------------------------------------------------------------------- every sampler x every process
 def _matrix_cases():
     samplers = {
-        "gddim1": lambda s: GDDIM(s + 1, order=1),
-        "gddim3": lambda s: GDDIM(s + 1, order=3),
-        "gddim4_none": lambda s: GDDIM(s, order=4, denoise="none"),
-        "gddim_L": lambda s: GDDIM(s + 1, order=2, K="L", denoise="euler"),
-        "gddim_stoch": lambda s: GDDIM(s + 1, order=1, lambda_=1.0),
+        "gddim1": lambda s: GDDIM(s + 1, q=0),
+        "gddim3": lambda s: GDDIM(s + 1, q=2),
+        "gddim4_none": lambda s: GDDIM(s, q=3, denoise="none"),
+        "gddim_L": lambda s: GDDIM(s + 1, q=1, K="L", denoise="euler"),
+        "gddim_stoch": lambda s: GDDIM(s + 1, q=0, lambda_=1.0),
         "em": lambda s: EulerMaruyama(s + 1),
         "pf_euler": lambda s: ProbabilityFlowEuler(s + 1, denoise="tweedie"),
         "heun": lambda s: Heun(2 * s + 1),
         "sscs": lambda s: SSCS(s + 1),
         "ancestral": lambda s: Ancestral(s + 1),
-        "gddim_logsnr": lambda s: GDDIM(s + 1, order=2, grid=LogSNRGrid()),
+        "gddim_logsnr": lambda s: GDDIM(s + 1, q=1, grid=LogSNRGrid()),
     }
     out = []
     for sname in samplers:
@@ -586,8 +586,9 @@ def _nan_eps(step_nan):
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: GDDIM(10, order=0), "order"),
-    (lambda: GDDIM(10, order=5), "order must be 1, 2, 3 or 4"),
+    (lambda: GDDIM(10, q=-1), r"q must be an integer >= 0, got -1"),
+    (lambda: GDDIM(10, q=4), r"q \(the multistep order: polynomial degree, nodes - 1\) must be 0, 1, 2 or 3, got 4"),
+    (lambda: GDDIM(10, q=2, order=2), "disagree"),
     (lambda: GDDIM(0), "nfe must be an integer >= 2"),
     (lambda: GDDIM(1), "nfe must be an integer >= 2.*denoising"),
     (lambda: GDDIM(0, denoise="none"), "nfe must be an integer >= 1"),
@@ -598,11 +599,11 @@ def _nan_eps(step_nan):
     (lambda: Heun(4), "even"),
     (lambda: Heun(2), "nfe must be an integer >= 3"),
     (lambda: Heun(3, denoise="none"), "even"),
-    (lambda: GDDIM(10, order=1, lambda_=-0.1), "lambda_ must be >= 0"),
-    (lambda: GDDIM(10, order=1, lambda_=float("nan")), "lambda_ must be >= 0"),
+    (lambda: GDDIM(10, q=0, lambda_=-0.1), "lambda_ must be >= 0"),
+    (lambda: GDDIM(10, q=0, lambda_=float("nan")), "lambda_ must be >= 0"),
     (lambda: EulerMaruyama(10, lambda_=-1.0), "lambda_ must be >= 0"),
-    (lambda: GDDIM(10, order=2, lambda_=0.5), "order 1 only"),
-    (lambda: GDDIM(10, order=1, lambda_=0.5, K="L"), "K='R'"),
+    (lambda: GDDIM(10, q=1, lambda_=0.5), "single-step only; set q=0"),
+    (lambda: GDDIM(10, q=0, lambda_=0.5, K="L"), "K='R'"),
     (lambda: GDDIM(10, K="X"), "K must be 'R'"),
     (lambda: GDDIM(10, t_min=0.0), "t_min must be > 0"),
     (lambda: GDDIM(10, t_min=-1e-3), "t_min must be > 0"),
@@ -633,7 +634,7 @@ def test_sampling_errors():
     with pytest.raises(FloatingPointError, match="at step 0 "):
         GDDIM(5).sample(p, _nan_eps(0), noise())
     with pytest.raises(FloatingPointError, match="at step 2 "):
-        GDDIM(5, order=2).sample(p, _nan_eps(2), noise())
+        GDDIM(5, q=1).sample(p, _nan_eps(2), noise())
     with pytest.raises(FloatingPointError, match="at step denoise"):
         GDDIM(5).sample(p, _nan_eps(4), noise())
     with pytest.raises(FloatingPointError, match="at step 1 "):
@@ -692,7 +693,7 @@ def test_explicit_grid_must_agree_with_nfe():
     p = VPSDE((2,))
     eps = PointMass(tt([0.1, 0.2])).eps_fn(p)
     with pytest.raises(ValueError):
-        r = GDDIM(5, order=2, grid=ExplicitGrid([1.0, 0.5, 0.1, 0.01])).sample(p, eps, SampleNoise([0], dtype=F64))
+        r = GDDIM(5, q=1, grid=ExplicitGrid([1.0, 0.5, 0.1, 0.01])).sample(p, eps, SampleNoise([0], dtype=F64))
         assert r.nfe == 5  # only reached when no error is raised
 
 
@@ -700,7 +701,7 @@ def test_u_T_batch_must_match_noise():
     p = VPSDE((2,))
     eps = PointMass(tt([0.1, 0.2])).eps_fn(p)
     uT = torch.zeros(1, 2, dtype=F64)
-    for sampler in [GDDIM(5, order=1), GDDIM(5, order=1, lambda_=1.0)]:
+    for sampler in [GDDIM(5, q=0), GDDIM(5, q=0, lambda_=1.0)]:
         with pytest.raises(ValueError, match="u_T"):
             sampler.sample(p, eps, SampleNoise([0, 1, 2], dtype=F64), u_T=uT)
 
@@ -721,8 +722,8 @@ class GarbledPositionEps:
 
 
 DRIFT_ONLY = {
-    "gddim-L q1": lambda: GDDIM(8, order=1, K="L", denoise="euler"),
-    "gddim-L q3": lambda: GDDIM(8, order=3, K="L", denoise="none"),
+    "gddim-L q1": lambda: GDDIM(8, q=0, K="L", denoise="euler"),
+    "gddim-L q3": lambda: GDDIM(8, q=2, K="L", denoise="none"),
     "euler-maruyama": lambda: EulerMaruyama(8),
     "pf-euler": lambda: ProbabilityFlowEuler(8),
     "heun": lambda: Heun(9),
@@ -747,8 +748,8 @@ def test_drift_only_samplers_never_use_position_eps(sname, shape):
     assert (a.state - b.state).abs().max() < 1e-8 * (1 + a.state.abs().max())
 
 
-@pytest.mark.parametrize("make", [lambda: GDDIM(8, order=2), lambda: GDDIM(8, order=1, lambda_=1.0),
-                                  lambda: GDDIM(8, order=2, K="L", denoise="tweedie")])
+@pytest.mark.parametrize("make", [lambda: GDDIM(8, q=1), lambda: GDDIM(8, q=0, lambda_=1.0),
+                                  lambda: GDDIM(8, q=1, K="L", denoise="tweedie")])
 def test_full_score_samplers_do_use_position_eps(make):
     """The complement: gDDIM with R (deterministic or stochastic) and Tweedie denoising depend on the x part,
     which is why a velocity-only model refuses them."""
@@ -790,7 +791,7 @@ def test_point_mass_landing_exact_from_any_start_time(name):
     target = mean_state(p, x0, 1e-3, 3) + app(p, p.R(tt(1e-3)), eps_s)
     for nfe in [1, 3, 20]:
         seen = []
-        s = GDDIM(nfe, order=2, denoise="none", t_start=ts)
+        s = GDDIM(nfe, q=1, denoise="none", t_start=ts)
         r = s.sample(p, RPointEps(p, x0), SampleNoise(seeds, dtype=F64), u_T=u_s, callback=lambda d: seen.append(d["t"]))
         assert seen[0] == ts and r.info["times"][0].item() == ts
         assert (r.state - target).abs().max() < 1e-9, (nfe, (r.state - target).abs().max().item())

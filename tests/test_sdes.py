@@ -479,7 +479,7 @@ def test_bdm_without_blur_equals_vp_samples():
     g = torch.Generator().manual_seed(3)
     mix = GaussianMixture([1.0, 2.0], torch.randn(2, 2, 3, 4, generator=g, dtype=F64), 0.3)
     seeds = [11, 12, 13]
-    for sampler in [GDDIM(6, order=2), GDDIM(5, order=1, lambda_=1.0), EulerMaruyama(6), Ancestral(5)]:
+    for sampler in [GDDIM(6, q=1), GDDIM(5, q=0, lambda_=1.0), EulerMaruyama(6), Ancestral(5)]:
         a = sampler.sample(bdm, mix.eps_fn(bdm), SampleNoise(seeds, dtype=F64))
         b = sampler.sample(vp, mix.eps_fn(vp), SampleNoise(seeds, dtype=F64))
         assert (a.samples - b.samples).abs().max() < 1e-12, sampler
@@ -554,7 +554,7 @@ def test_user_cld_samplers_run_and_match_cld():
     user, ref = UserCLD((2,)), CLD((2,))
     mix = GaussianMixture([1.0, 1.0], tt([[1.0, 0.5], [-1.0, 0.0]]), 0.2)
     seeds = [0, 1, 2, 3]
-    for sampler in [GDDIM(8, order=2), GDDIM(6, order=1, lambda_=0.5), EulerMaruyama(8), Heun(9)]:
+    for sampler in [GDDIM(8, q=1), GDDIM(6, q=0, lambda_=0.5), EulerMaruyama(8), Heun(9)]:
         a = sampler.sample(user, mix.eps_fn(user), SampleNoise(seeds, dtype=F64))
         b = sampler.sample(ref, mix.eps_fn(ref), SampleNoise(seeds, dtype=F64))
         assert torch.isfinite(a.samples).all() and a.nfe == sampler.nfe
@@ -599,10 +599,10 @@ def test_diag_ou_point_mass_landing(order):
     eps_T = (uT - psiT * x0) / sigT.sqrt()
     target = psim * x0 + sigm.sqrt() * eps_T
     for nfe in [1, 3, 10]:
-        r = GDDIM(nfe, order=order, denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        r = GDDIM(nfe, q=order - 1, denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
         # target from closed forms; the package solves R and Psi numerically at rtol 1e-11
         assert (r.state - target).abs().max() < 5e-9, nfe
-        r = GDDIM(nfe + 1, order=order, denoise="tweedie").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        r = GDDIM(nfe + 1, q=order - 1, denoise="tweedie").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert (r.samples - x0).abs().max() < 1e-9, nfe
 
 

@@ -4,8 +4,9 @@ Deterministic (``lambda_ = 0``), from ``t`` to ``t'`` with eps frozen in the ``R
 
     u_{t'} = Psi(t', t) (u_t - R_t eps) + R_{t'} eps
 
-(exact for a point mass; DDIM on VP), generalised to ``order`` nodes by Lagrange extrapolation of eps
-over past evaluations. Stochastic (``lambda_ > 0``): the exact Gaussian transition of the
+(exact for a point mass; DDIM on VP), generalised to the paper's multistep order ``q``: eps on a step
+is the degree-``q`` Lagrange polynomial through the current and the ``q`` previous evaluations
+(``q + 1`` nodes; ``q = 0`` is the one-node step above). Stochastic (``lambda_ > 0``): the exact Gaussian transition of the
 lambda-SDE with the score of the point mass eps points to. ``K="L"`` builds the same sampler with the
 Cholesky factor (the paper's ablation; it fails at low NFE on CLD).
 """
@@ -13,6 +14,7 @@ Cholesky factor (the paper's ablation; it fails at low NFE on CLD).
 from __future__ import annotations
 
 from typing import Any
+import warnings
 
 from torch import Tensor
 
@@ -30,8 +32,9 @@ class GDDIM(Sampler):
 
     Args:
         nfe: total number of network evaluations.
-        order: multistep order ``q`` (number of eps nodes, 1-4); 1 is the paper's "order 0".
-        lambda_: stochasticity ``lambda >= 0``; 0 is deterministic. Needs ``order=1`` when > 0.
+        q: the paper's multistep order, 0-3: the degree of the polynomial through the current and the
+            ``q`` previous eps evaluations (``q + 1`` nodes). ``q = 2`` is the paper's CLD setting.
+        lambda_: stochasticity ``lambda >= 0``; 0 is deterministic. Needs ``q=0`` when > 0.
         K: ``"R"`` (gDDIM) or ``"L"`` (Cholesky ablation).
         grid: time grid (default: quadratic, as the paper's CLD results).
         t_min: last grid time.
@@ -39,12 +42,13 @@ class GDDIM(Sampler):
         quad: Gauss-Legendre nodes per step for the multistep coefficients.
         t_start: first grid time (see `Sampler`; default ``T``).
         rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
+        order: deprecated: the number of eps nodes, ``q + 1``. Use ``q``.
     """
 
     def __init__(
         self,
         nfe: int = 20,
-        order: int = 2,
+        q: int | None = None,
         lambda_: float = 0.0,
         K: str = "R",
         grid: TimeGrid | None = None,
@@ -53,17 +57,16 @@ class GDDIM(Sampler):
         quad: int = 16,
         t_start: float | None = None,
         rho_start: float | None = None,
+        order: int | None = None,
     ) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
-        self.order = check_int("order", order, 1)
-        if self.order > 4:
-            raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
+        self.q = _resolve_q(q, order)
         self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe,
                              f" (one grid step plus {self.denoise_nfe} denoising evaluation)")
         if not lambda_ >= 0:
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
-        if lambda_ > 0 and self.order != 1:
-            raise ValueError(f"stochastic gDDIM (lambda_={lambda_}) is order 1 only; set order=1 or lambda_=0")
+        if lambda_ > 0 and self.q != 0:
+            raise ValueError(f"stochastic gDDIM (lambda_={lambda_}) is single-step only; set q=0 or lambda_=0")
         if lambda_ > 0 and K != "R":
             raise ValueError("stochastic gDDIM is defined with K='R'")
         if K not in ("R", "L"):
@@ -72,6 +75,11 @@ class GDDIM(Sampler):
         self.K = K
         self.grid = grid if grid is not None else QuadraticGrid()
         self.quad = check_int("quad", quad, 1)
+
+    @property
+    def n_nodes(self) -> int:
+        """Eps evaluations each multistep update combines: ``q + 1``."""
+        return self.q + 1
 
     @property
     def drift_only(self) -> bool:  # type: ignore[override]
@@ -93,7 +101,7 @@ class GDDIM(Sampler):
         if self.lambda_ > 0:
             return self._run_stochastic(process, eps, noise, u, times, callback)
         lay = process.layout
-        plan = deterministic_plan(process, times, self.order, self.K, self.quad)
+        plan = deterministic_plan(process, times, self.n_nodes, self.K, self.quad)
         psi = plan.get("psi", u.dtype, u.device)
         C = plan.get("C", u.dtype, u.device)
         to_L = plan.get("R_to_L", u.dtype, u.device) if self.K == "L" else None
@@ -105,7 +113,7 @@ class GDDIM(Sampler):
             ye = lay.to_blocks(e)
             if to_L is not None:
                 ye = lay.apply(to_L[i], ye)
-            history = [ye] + history[: self.order - 1]
+            history = [ye] + history[: self.q]
             # Move the mean, then add the interpolated eps terms.
             y_next = lay.apply(psi[i], y)
             for j, ej in enumerate(history):
@@ -132,3 +140,20 @@ class GDDIM(Sampler):
             if callback is not None:
                 callback({"step": i, "t": t, "u": lay.from_blocks(y), "eps": e})
         return lay.from_blocks(y), times[-1].item(), {"times": times}
+
+
+def _resolve_q(q: int | None, order: int | None) -> int:
+    """The paper's ``q`` from ``q`` or the deprecated node count ``order`` (``q = order - 1``)."""
+    if order is not None:
+        order = check_int("order", order, 1)
+        if order > 4:
+            raise ValueError(f"order (the number of eps nodes, deprecated) must be 1-4, got {order}; use q = order - 1")
+        if q is not None and q != order - 1:
+            raise ValueError(f"q={q} and the deprecated order={order} disagree (q = order - 1); give q only")
+        warnings.warn(f"GDDIM(order={order}) is deprecated: order counted eps nodes, off by one from the paper's q. "
+                      f"Use q={order - 1} (the same sampler).", FutureWarning, stacklevel=3)
+        return order - 1
+    q = 1 if q is None else check_int("q", q, 0)
+    if q > 3:
+        raise ValueError(f"q (the multistep order: polynomial degree, nodes - 1) must be 0, 1, 2 or 3, got {q}")
+    return q

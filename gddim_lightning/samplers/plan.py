@@ -4,14 +4,15 @@ A `Plan` holds float64 block tensors ``[N, ..., n, b, b]`` for a (process, grid,
 them out converted to a model's dtype/device and viewed for `BlockLayout.apply`. Plans are cached
 on the process (``process.plan_cache``), keyed by everything they depend on.
 
-Deterministic gDDIM, order ``q`` (``q`` nodes, the paper's multistep), from ``t = t_i`` to ``t' = t_{i+1}``:
+Deterministic gDDIM with the paper's multistep order ``q`` (``order = q + 1`` eps nodes: the functions
+below count nodes), from ``t = t_i`` to ``t' = t_{i+1}``:
 
     u' = Psi(t', t) u + sum_j C_ij eps_{i-j},
     C_ij = int_t^{t'} 1/2 Psi(t', tau) G G^T K_tau^{-T} l_j(tau) dtau
 
 with ``l_j`` the Lagrange basis through ``t_i, t_{i-1}, ...``. For ``K = R`` the integrand is
 ``d/dtau [Psi(t', tau) R_tau] l_j(tau)``; integrating by parts leaves the smooth integrand
-``Psi(t', tau) R_tau l_j'(tau)`` and makes order 1 exactly ``R_{t'} - Psi(t', t) R_t``. The
+``Psi(t', tau) R_tau l_j'(tau)`` and makes one node (``q = 0``) exactly ``R_{t'} - Psi(t', t) R_t``. The
 remaining integrals use Gauss-Legendre quadrature per step.
 """
 
