@@ -29,7 +29,7 @@ from gddim_lightning.cli import main as cli_main
 from gddim_lightning.data.digits import load_digits_split
 from gddim_lightning.evaluation import make_digits_fid
 from gddim_lightning.samplers import (
-    GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, LogSNRGrid, SampleNoise, UniformGrid,
+    GDDIM, RK45, SSCS, Ancestral, EulerMaruyama, Heun, LogSNRGrid, PowerGrid, SampleNoise, UniformGrid,
 )
 from gddim_lightning.sdes import CLD
 
@@ -81,6 +81,9 @@ def _all_samplers(process, nfes):
                 ("gDDIM q=0", GDDIM(nfe=n, q=0)), ("gDDIM lambda=1", GDDIM(nfe=n, q=0, lambda_=1.0)),
                 ("gDDIM lambda=0.3", GDDIM(nfe=n, q=0, lambda_=0.3)),
                 ("gDDIM official BDM", GDDIM(nfe=n, **OFFICIAL_BDM)),
+                ("gDDIM q=2 power1.5", GDDIM(nfe=n, q=2, grid=PowerGrid(1.5))),
+                ("gDDIM q=2 power3", GDDIM(nfe=n, q=2, grid=PowerGrid(3.0))),
+                ("gDDIM q=3 power3", GDDIM(nfe=n, q=3, grid=PowerGrid(3.0))),
                 ("Euler-Maruyama", EulerMaruyama(nfe=n)), ("Heun (PF)", Heun(nfe=n if n % 2 else n + 1))]
         if isinstance(process, CLD):
             out += [("gDDIM L q=1", GDDIM(nfe=n, q=1, K="L")),

@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .limits import MAX_BATCH, MAX_SAMPLES
 from .samplers.base import Sampler
 from .visuals import image_grid, points_image
 
@@ -163,6 +164,9 @@ class SampleCallback(L.Callback):
                                  ("num_grid", num_grid, 0), ("num_real", num_real, 2), ("batch_size", batch_size, 1)):
             if isinstance(value, bool) or int(value) != value or int(value) < low:
                 raise ValueError(f"SampleCallback({name}={value!r}) must be an integer >= {low}")
+            high = MAX_BATCH if name == "batch_size" else MAX_SAMPLES
+            if int(value) > high:
+                raise ValueError(f"SampleCallback({name}={value!r}) must be at most {high} (gddim_lightning.limits)")
         if every_n_steps is not None and int(every_n_steps) < 0:
             raise ValueError(f"SampleCallback(every_n_steps={every_n_steps!r}) must be >= 0 or None")
         self.every_n_epochs = int(every_n_epochs)
@@ -233,6 +237,8 @@ class SampleCallback(L.Callback):
         """Builds the FID metric early, so a missing weights file or extra fails before training."""
         if stage != "fit":
             return
+        if self.sampler is not None and hasattr(pl_module, "check_sampler"):  # before training, not after it
+            pl_module.check_sampler(self.sampler, "SampleCallback.sampler")
         chosen = self.resolve_metric(pl_module.data_shape, self._kind(pl_module, trainer.datamodule))
         if chosen in ("digits", "inception"):
             self._build_fid(chosen, pl_module)

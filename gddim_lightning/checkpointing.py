@@ -160,5 +160,7 @@ class InterruptCheckpoint(Callback):
         cb = trainer.checkpoint_callback
         if cb is None or getattr(cb, "dirpath", None) is None:
             return None
+        if getattr(cb, "save_top_k", 1) == 0 and not getattr(cb, "save_last", True):
+            return None  # checkpointing switched off (--trainer.enable_checkpointing false)
         name = self.filename or f"{getattr(cb, 'CHECKPOINT_NAME_LAST', 'last')}{getattr(cb, 'FILE_EXTENSION', '.ckpt')}"
         return os.path.join(cb.dirpath, name)

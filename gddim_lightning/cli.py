@@ -25,7 +25,9 @@ import argparse
 import logging
 
 import os
+import errno
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +44,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from .checkpointing import AtomicCheckpointIO, FinalModelCheckpoint, InterruptCheckpoint, TrainingInterrupted
 from .data.seeds import SeedDataModule
+from .limits import MAX_CONFIG_NODES, MAX_GLOBAL_SEED
 from .module import DiffusionModule
 from .progress import LineProgressBar
 from .summary import fit_summary, predict_summary
@@ -52,6 +55,8 @@ __all__ = [
 ]
 
 # ckpt_path values that Lightning resolves itself instead of reading a file
+#: errors of the disk rather than of the program: reported in one sentence, keeping the last checkpoint
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 _SPECIAL_CKPT = ("last", "best", "hpc", "registry")
 # model arguments that DiffusionModule does not store in checkpoints (they come from the config)
 _NOT_STORED = ("process", "backbone", "sampler")
@@ -90,9 +95,33 @@ def _own_error(err: BaseException) -> BaseException:
     return err
 
 
+def _expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """Number of values ``node`` stands for once its aliases are expanded (stops counting past ``limit``)."""
+    sizes: dict[int, int] = {}
+    stack = [(node, False)]
+    while stack:
+        cur, done = stack.pop()
+        if id(cur) in sizes:
+            continue
+        children = ([c for kv in cur.value for c in kv] if isinstance(cur, yaml.MappingNode) else
+                    list(cur.value) if isinstance(cur, yaml.SequenceNode) else [])
+        if done or not children:
+            sizes[id(cur)] = min(limit + 1, 1 + sum(sizes.get(id(c), 0) for c in children))
+        else:
+            stack.append((cur, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(node)]
+
+
 def _check_config_file(parser: Any, path: str) -> None:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_nodes(root, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+            parser.error(f"--config {path}: expands to more than {MAX_CONFIG_NODES} values once its YAML aliases "
+                         "(*name) are resolved (gddim_lightning.limits.MAX_CONFIG_NODES); a config is a few hundred "
+                         "values: remove the aliases that repeat large blocks")
+        data = yaml.safe_load(text)
     except UnicodeDecodeError as err:
         parser.error(f"--config {path}: not a UTF-8 text file ({err.reason} at byte {err.start}); a config is a "
                      "YAML file such as configs/cld.yaml")
@@ -242,6 +271,12 @@ class GDDIMCLI(LightningCLI):
             if path is not None and Path(path).is_file():
                 _check_config_file(parser, path)
         super().parse_arguments(parser, args)
+        # checked here: LightningCLI seeds right after parsing, before any other hook
+        sub = self.config.get("subcommand")
+        seed = (self.config[sub] if sub else self.config).get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= MAX_GLOBAL_SEED:
+            parser.error(f"seed_everything must be in [0, {MAX_GLOBAL_SEED}] (numpy's seed range), got {seed}; "
+                         "true draws one")
 
     def instantiate_classes(self) -> None:
         """A constructor's own error (a wrong channel count, an impossible sampler setting) is the message,
@@ -319,6 +354,11 @@ class GDDIMCLI(LightningCLI):
         if not self.subcommand:
             return
         cfg = self._sub()
+        if self.subcommand == "fit" and cfg.get("trainer") is not None and cfg.trainer.get("enable_checkpointing") is False:
+            # the CLI's own checkpoint callback would clash with Lightning's check: keep it, saving nothing
+            cfg.trainer.enable_checkpointing = True
+            cfg.checkpoint.save_last = False
+            cfg.checkpoint.save_top_k = 0
         ckpt = cfg.get("ckpt_path")
         if ckpt is not None and str(ckpt) not in _SPECIAL_CKPT and "://" not in str(ckpt) and not Path(ckpt).is_file():
             self.parser.error(
@@ -400,11 +440,34 @@ class GDDIMCLI(LightningCLI):
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             strategy.checkpoint_io = AtomicCheckpointIO()
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """The folders fit writes to must be writable now, not at the first checkpoint after the training."""
+        cb = self.trainer.checkpoint_callback
+        folders = [("--trainer.default_root_dir", self.trainer.default_root_dir)]
+        if getattr(cb, "dirpath", None) and "://" not in str(cb.dirpath):
+            folders.append(("--checkpoint.dirpath", cb.dirpath))
+        for flag, folder in folders:
+            if "://" in str(folder):
+                continue
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            except OSError as err:
+                self.parser.error(f"{flag} {folder} is not writable ({type(err).__name__}: {err.strerror or err}); "
+                                  "fit would lose its training at the first checkpoint: choose a writable folder")
 
     def fit(self, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             out = self.trainer.fit(**kwargs)
+            if self.trainer.global_step == 0 and self.trainer.max_steps != 0:
+                print("gddim_lightning: fit made no optimiser step: the training data loader yielded no batches "
+                      "(check the data module's size and batch size, and --trainer.limit_train_batches); nothing "
+                      "was trained", file=sys.stderr, flush=True)
+                sys.exit(1)
             if self.trainer.is_global_zero:
                 configs = self._sub().get("config") or []
                 print(fit_summary(self.trainer, configs, time.perf_counter() - t0), flush=True)
@@ -412,13 +475,24 @@ class GDDIMCLI(LightningCLI):
         except TrainingInterrupted as stop:
             print(f"gddim_lightning: {stop}", file=sys.stderr, flush=True)
             sys.exit(stop.exit_code)
-        except FloatingPointError as err:  # a NaN/inf loss: nothing after the last checkpoint is kept
-            cb = self.trainer.checkpoint_callback
-            last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
-            kept = (f"the last good checkpoint is {last} (written before the failure, intact)" if last
-                    else "no checkpoint was written before it")
-            print(f"gddim_lightning: {err}. Training stopped; {kept}", file=sys.stderr, flush=True)
+        except OSError as err:
+            if err.errno not in _DISK_ERRORS:
+                raise
+            # a full disk or a folder that became read-only while training: the atomic writes left the
+            # previous checkpoint as it was
+            print(f"gddim_lightning: {err.strerror or err} while writing to {err.filename or 'disk'}. Training "
+                  f"stopped; {self._last_good()}", file=sys.stderr, flush=True)
             sys.exit(1)
+        except FloatingPointError as err:  # a NaN/inf loss: nothing after the last checkpoint is kept
+            print(f"gddim_lightning: {err}. Training stopped; {self._last_good()}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    def _last_good(self) -> str:
+        cb = self.trainer.checkpoint_callback
+        last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+        if last and Path(last).is_file():
+            return f"the last good checkpoint is {last} (written before the failure, intact)"
+        return "no checkpoint was written before it"
 
     def before_validate(self) -> None:
         self._drop_checkpoint_callback()

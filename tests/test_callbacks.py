@@ -207,3 +207,22 @@ def test_points_metrics_on_flattened_images():
     assert cb.last_image_tag == "samples/grid" and cb._real_points.shape == (100, 1, 8, 8)
     with pytest.raises(ValueError, match="8x8 digits"):
         SampleCallback(metric="digits").evaluate(toy_module())
+
+
+def test_impossible_callback_sampler_fails_before_training(tmp_path):
+    """A sampler the model cannot run (t_min at the end time T) used to fail at the first evaluation,
+    after an epoch of training; it now fails in setup, before the first step."""
+    module = toy_module()
+    steps = []
+
+    class Count(L.Callback):
+        def on_train_batch_end(self, *args, **kwargs):
+            steps.append(1)
+
+    callback = SampleCallback(every_n_epochs=1, num_samples=8, sampler=GDDIM(nfe=4, t_min=1.0))
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, callbacks=[callback, Count()],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"SampleCallback\.sampler: t_min=1(\.0)? must lie in \(0, T=1(\.0)?\)"):
+        trainer.fit(module, ToyDataModule("checkerboard", n_train=64, n_val=16, batch_size=32))
+    assert steps == []

@@ -246,3 +246,68 @@ def test_bf16_mixed_fit_and_predict_on_cpu(tmp_path):
     x, seeds = load_samples(out)
     assert x.dtype == np.float32 and x.shape == (4, 1, 8, 8) and np.isfinite(x).all()
     assert seeds.tolist() == [0, 1, 2, 3]
+
+
+def test_fit_with_checkpointing_off_runs_and_writes_no_checkpoint(tmp_path, capsys):
+    """--trainer.enable_checkpointing false used to clash with the CLI's own checkpoint callback (a raw
+    MisconfigurationException): now training runs and writes no checkpoint, and the summary says so."""
+    root = tmp_path / "run"
+    main(["fit", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY_TOY, *QUIET, "--trainer.max_steps", "2",
+          "--trainer.callbacks=[]", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+          "--trainer.default_root_dir", str(root)])
+    assert not list(root.rglob("*.ckpt"))
+    assert "no checkpoint was written (checkpointing is off)" in capsys.readouterr().out
+
+
+def test_fit_that_trains_nothing_is_an_error(tmp_path, capsys):
+    """A data loader that yields no batch used to end fit with success and an untrained checkpoint."""
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY_TOY, *QUIET, "--trainer.max_steps", "3",
+              "--trainer.limit_train_batches", "0", "--trainer.callbacks=[]", "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path)])
+    assert err.value.code == 1
+    assert "fit made no optimiser step: the training data loader yielded no batches" in capsys.readouterr().err
+
+
+def test_full_disk_while_training_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """ENOSPC at a checkpoint write: one sentence naming the last good checkpoint (intact), exit 1."""
+    import errno
+
+    from gddim_lightning import checkpointing
+
+    real = checkpointing.atomic_torch_save
+
+    def save(checkpoint, path):
+        if checkpoint["global_step"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(checkpoint, path)
+
+    monkeypatch.setattr(checkpointing, "atomic_torch_save", save)
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY_TOY, *QUIET, "--trainer.max_steps", "4",
+              "--trainer.callbacks=[]", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+              "--checkpoint.dirpath", str(ckpt_dir), "--checkpoint.every_n_train_steps", "1"])
+    assert err.value.code == 1
+    msg = capsys.readouterr().err
+    assert "No space left on device while writing to" in msg and "the last good checkpoint is" in msg
+    last = msg.split("the last good checkpoint is ", 1)[1].split(" (written", 1)[0]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 1
+    assert not list(ckpt_dir.glob(".*.tmp"))
+
+
+def test_unwritable_output_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+
+
+    from gddim_lightning import cli
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY_TOY, *QUIET, "--trainer.max_steps", "2",
+              "--trainer.callbacks=[]", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "r")])
+    assert err.value.code == 2
+    assert "--trainer.default_root_dir" in capsys.readouterr().err
+    assert not list((tmp_path / "r").rglob("*.ckpt"))

@@ -243,3 +243,40 @@ def test_every_toy_name_constructs_and_yields_a_batch(name):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (32, 2) and torch.isfinite(batch).all()
+
+
+# ---------------------------------------------------------------------------------------- nothing lost silently
+def test_16_bit_images_keep_their_precision(tmp_path):
+    """A 16-bit grey PNG used to be squeezed into 8 bits by PIL's convert('L'), which clips at 255 (17
+    distinct values left of 4096): it is now read as float and scaled by 65535."""
+    from PIL import Image
+
+    from gddim_lightning.data.folder import load_image
+
+    a = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "deep.png")
+    x = load_image(tmp_path / "deep.png", 64, channels=1)
+    assert x.dtype == torch.float32 and x.shape == (1, 64, 64)
+    assert len(torch.unique(x)) == 4096
+    np.testing.assert_allclose(x[0].numpy(), a.astype(np.float32) / 32767.5 - 1.0, atol=1e-6)
+    rgb = load_image(tmp_path / "deep.png", 32, channels=3)
+    assert rgb.shape == (3, 32, 32) and torch.equal(rgb[0], rgb[2])
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="floating-point pixels"):
+        load_image(tmp_path / "float.tiff", 4, channels=1)
+
+
+def test_dropped_alpha_and_skipped_files_are_reported(tmp_path):
+    from PIL import Image
+
+    from gddim_lightning.data.folder import find_images, load_image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "half.png")
+    with pytest.warns(UserWarning, match="transparent pixels: its alpha channel is dropped"):
+        load_image(tmp_path / "half.png", 8, channels=3)
+    (tmp_path / "scan.tif").write_bytes(b"not used")
+    (tmp_path / ".DS_Store").write_bytes(b"ignored")
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not .* \(scan\.tif\)"):
+        assert [p.name for p in find_images(tmp_path)] == ["half.png"]

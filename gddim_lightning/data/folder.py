@@ -9,7 +9,9 @@ decoding.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -46,9 +48,15 @@ def find_images(root: str | os.PathLike) -> list[Path]:
             f"(searched recursively) of images with extensions {exts}; copy or mount your "
             f"images there and pass its path as data.init_args.root"
         )
-    files = sorted(
-        p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    files, skipped = [], []
+    for p in sorted(base.rglob("*")):
+        if p.is_file():
+            (files if p.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(p)
+    skipped = [p for p in skipped if not p.name.startswith(".")]  # .DS_Store and the like
+    if skipped and files:
+        names = ", ".join(str(p.relative_to(base)) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(f"data.init_args.root={str(root)!r}: skipped {len(skipped)} file(s) that are not "
+                      f"{exts} ({names}); convert them to PNG to use them", stacklevel=2)
     if not files:
         raise FileNotFoundError(
             f"data.init_args.root={str(root)!r}: no image files found (searched recursively "
@@ -79,7 +87,9 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> T
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB" if channels == 3 else "L")
+            scale, im = _decode(im, channels, path)
+    except ValueError:
+        raise
     except Exception as err:  # UnidentifiedImageError, OSError, truncated data, ...
         raise ValueError(
             f"could not read image {str(path)!r} ({type(err).__name__}: {err}); "
@@ -92,11 +102,34 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> T
     if side != image_size:
         resample = Image.Resampling.LANCZOS if side > image_size else Image.Resampling.BICUBIC
         im = im.resize((image_size, image_size), resample=resample)
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    x = torch.from_numpy(arr.transpose(2, 0, 1).copy()).float()
-    return x.div_(127.5).sub_(1.0)
+    if arr.shape[2] != channels:  # a high-bit-depth grey image asked for as RGB
+        arr = np.repeat(arr, channels, axis=2)
+    x = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return x.div_(scale / 2.0).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+#: modes of grey images deeper than 8 bits (16-bit PNG, TIFF): read as float, never squeezed into 8 bits
+_DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _decode(im: Image.Image, channels: int, path: Any) -> tuple[float, Image.Image]:
+    """The image in a mode that keeps its precision, and its full-scale value. 16-bit grey images
+    become float images scaled by 65535 (``convert("L")`` would clip them at 255); an alpha channel that
+    is not fully opaque is dropped with a warning; floating-point images are refused (no known range)."""
+    if im.mode == "F":
+        raise ValueError(f"image {str(path)!r} holds floating-point pixels (mode F) with no defined range; "
+                         "save it as an 8- or 16-bit PNG")
+    if im.mode in _DEEP_GREY:
+        top = im.getextrema()[1]
+        scale = 65535.0 if im.mode.startswith("I;16") or top > 255 else 255.0
+        return scale, im.convert("F")
+    if "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
+        warnings.warn(f"image {str(path)!r} has transparent pixels: its alpha channel is dropped (the colour "
+                      "under it is used)", stacklevel=3)
+    return 255.0, im.convert("RGB" if channels == 3 else "L")
 
 
 class _ImageFileDataset(Dataset):

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..limits import MAX_BATCH, MAX_SAMPLES, MAX_SEED, check_bounded
 from .toys import collate_tensors
 
 __all__ = ["SeedDataModule", "SeedDataset"]
@@ -68,12 +69,14 @@ class SeedDataModule(L.LightningDataModule):
         data_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if int(num_samples) < 1:
+        if isinstance(num_samples, (int, float)) and not isinstance(num_samples, bool) and num_samples < 1:
             raise ValueError(f"predict.num_samples must be >= 1, got {num_samples}")
-        if int(batch_size) < 1:
-            raise ValueError(f"predict.batch_size must be >= 1, got {batch_size}")
-        if int(seed) < 0:
+        check_bounded("predict.num_samples", num_samples, 1, MAX_SAMPLES)
+        check_bounded("predict.batch_size", batch_size, 1, MAX_BATCH)
+        if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
             raise ValueError(f"predict.seed must be >= 0 (torch generators take non-negative seeds), got {seed}")
+        check_bounded("predict.seed", seed, 0, MAX_SEED - int(num_samples),
+                      " (the last sample's seed, seed + num_samples - 1, must fit in 63 bits)")
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.batch_size = int(batch_size)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..limits import MAX_BATCH, check_bounded
 from .loaders import ResumableLoader
 
 __all__ = [
@@ -60,8 +61,9 @@ def _make_loader(
 
 def _check_loader_args(batch_size: int, num_workers: int) -> None:
     """Raises ValueError for a non-positive batch size or negative worker count."""
-    if int(batch_size) < 1:
+    if isinstance(batch_size, (int, float)) and not isinstance(batch_size, bool) and batch_size < 1:
         raise ValueError(f"data.init_args.batch_size must be >= 1, got {batch_size}")
+    check_bounded("data.init_args.batch_size", batch_size, 1, MAX_BATCH)
     if int(num_workers) < 0:
         raise ValueError(f"data.init_args.num_workers must be >= 0, got {num_workers}")
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..limits import MAX_NFE
 from ..sdes.base import LinearSDE
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -222,6 +223,13 @@ class Sampler:
 
 
 def check_int(name: str, value: int, minimum: int, hint: str = "") -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+    """``value`` as an int ``>= minimum``; ``nfe`` is also bounded by `limits.MAX_NFE`."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}{hint}")
+    if name == "nfe" and int(value) > MAX_NFE:
+        raise ValueError(f"nfe must be at most {MAX_NFE} (gddim_lightning.limits.MAX_NFE), got {value!r}")
     return int(value)
