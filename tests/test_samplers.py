@@ -853,3 +853,23 @@ def test_sscs_paper_variant_evaluates_the_score_at_the_step_start():
     assert times["midpoint"] == pytest.approx([0.5 * (a + b) for a, b in zip(grid[:-1], grid[1:])], abs=1e-15)
     with pytest.raises(ValueError, match="score_time"):
         SSCS(4, score_time="end")
+
+
+def test_collapsed_grid_warns_and_bad_power_is_refused():
+    """A grid whose steps collapse at one end (an extreme power) wastes all but one step: a warning says so,
+    while the usual grids stay silent."""
+    import warnings as w
+
+    from gddim_lightning.samplers import PowerGrid
+
+    p = VPSDE((2,))
+    with pytest.warns(UserWarning, match=r"the time grid has collapsed: one of its 19 steps covers 100%"):
+        GDDIM(20, grid=PowerGrid(1e-6)).times(p, 19)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        for grid in (PowerGrid(2.0), UniformGrid(), LogSNRGrid(), PowerGrid(3.0)):
+            for n in (3, 10, 100):
+                GDDIM(n + 1, grid=grid).times(p, n)
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="power must be a finite positive number"):
+            PowerGrid(bad)

@@ -7,6 +7,9 @@ about samplers. Every grid is validated by `check_grid`.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +31,27 @@ def check_grid(times: Tensor, T: float) -> Tensor:
             f"time grid must lie in (0, T={T}]; got [{times[-1].item():.6g}, {times[0].item():.6g}] "
             "(t_min must be > 0: the final denoising step handles t_min -> 0)"
         )
+    _warn_if_degenerate(times)
     return times
+
+
+#: a grid whose largest step covers more than this fraction of its span has collapsed at one end
+COLLAPSED_FRACTION = 0.9
+
+
+def _warn_if_degenerate(times: Tensor) -> None:
+    """Warn when the steps collapse at one end (a power grid with an extreme exponent): all but one step
+    are then spent where nothing happens, and the samples come out of a single big step."""
+    steps = times[:-1] - times[1:]
+    span = float(times[0] - times[-1])
+    if steps.numel() < 3 or span <= 0:
+        return
+    largest = float(steps.max())
+    if largest > COLLAPSED_FRACTION * span:
+        warnings.warn(f"the time grid has collapsed: one of its {steps.numel()} steps covers {100 * largest / span:.0f}% "
+                      f"of [{float(times[-1]):.4g}, {float(times[0]):.4g}], so the others are nearly wasted; use a "
+                      "grid that spreads its steps (the default quadratic grid, or a power between 1 and 3)",
+                      stacklevel=4)
 
 
 class TimeGrid:
@@ -69,8 +92,8 @@ class PowerGrid(TimeGrid):
     """
 
     def __init__(self, power: float = 2.0) -> None:
-        if power <= 0:
-            raise ValueError(f"power must be positive, got {power}")
+        if not (math.isfinite(power) and power > 0):
+            raise ValueError(f"power must be a finite positive number, got {power}")
         self.power = float(power)
 
     def times(self, process: LinearSDE, n_steps: int, t_min: float, t_start: float) -> Tensor:
