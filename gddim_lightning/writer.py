@@ -25,6 +25,7 @@ such a folder is refused.
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import os
@@ -35,7 +36,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +49,7 @@ from torch import Tensor
 
 from .files import atomic_write
 from .visuals import image_grid
+from ._warn import warn_user
 
 __all__ = ["FORMATS", "PredictInterrupted", "SampleWriter", "find_outputs", "load_samples", "owned_outputs", "to_uint8"]
 
@@ -337,7 +338,7 @@ class SampleWriter(BasePredictionWriter):
             raise ValueError(f"predict_step returned {x.shape[0]} samples for {s.shape[0]} seeds")
         if not torch.isfinite(x).all():
             bad = s[~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)].tolist()
-            warnings.warn(f"non-finite samples for seeds {bad[:10]}; they are written as they are", stacklevel=2)
+            warn_user(f"non-finite samples for seeds {bad[:10]}; they are written as they are")
         self._nfe = max(self._nfe, int(prediction.get("nfe", 0)))
         if "png" in self.formats:
             for img, seed in zip(to_uint8(x), s.tolist()):
@@ -409,7 +410,7 @@ class SampleWriter(BasePredictionWriter):
             title = f"{len(hx)} samples, {type(getattr(pl_module, 'sampler', None)).__name__}, NFE {nfe}"
             if points:
                 if not _scatter_png(self._dir / "grid.png", hx, title):
-                    warnings.warn("matplotlib is not installed: grid.png (scatter plot) skipped", stacklevel=2)
+                    warn_user("matplotlib is not installed: grid.png (scatter plot) skipped")
             else:
                 grid = image_grid(torch.as_tensor(hx), min_size=64, padding=2, pad_value=0.5)
                 _save_png(self._dir / "grid.png", to_uint8(grid * 2.0 - 1.0))

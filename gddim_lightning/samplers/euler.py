@@ -8,7 +8,7 @@ Euler) and Heun's method on the probability flow.
 
 from __future__ import annotations
 
-import warnings
+
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from ..sdes.base import LinearSDE
 from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
 from .grids import TimeGrid, UniformGrid
 from .plan import Plan, drift_plan
+from .._warn import warn_user
 
 
 def warn_if_unstable(name: str, plan: Plan) -> None:
@@ -33,11 +34,11 @@ def warn_if_unstable(name: str, plan: Plan) -> None:
     if worst.numel() and worst.max() > 2.0:
         k = int(worst.argmax())
         steps = int(torch.ceil((times[0] - times[-1]).abs() * rho.max() / 2.0))
-        warnings.warn(
+        warn_user(
             f"{name}: step {k} (h={h[k].item():.3g} at t={times[k].item():.3g}) exceeds the explicit stability "
             f"bound 2/|F_t| = {2.0 / torch.maximum(rho[k], rho[k + 1]).item():.3g} of {type(plan.process).__name__}; "
             f"the samples may blow up. Use about {steps} or more uniform steps, or GDDIM (exact in F_t)",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning)
 
 
 class EulerMaruyama(Sampler):

@@ -13,8 +13,8 @@ Cholesky factor (the paper's ablation; it fails at low NFE on CLD).
 
 from __future__ import annotations
 
+
 from typing import Any
-import warnings
 
 from torch import Tensor
 
@@ -22,6 +22,7 @@ from ..sdes.base import LinearSDE
 from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
 from .grids import QuadraticGrid, TimeGrid
 from .plan import deterministic_plan, stochastic_plan
+from .._warn import warn_user
 
 
 class GDDIM(Sampler):
@@ -150,8 +151,8 @@ def _resolve_q(q: int | None, order: int | None) -> int:
             raise ValueError(f"order (the number of eps nodes, deprecated) must be 1-4, got {order}; use q = order - 1")
         if q is not None and q != order - 1:
             raise ValueError(f"q={q} and the deprecated order={order} disagree (q = order - 1); give q only")
-        warnings.warn(f"GDDIM(order={order}) is deprecated: order counted eps nodes, off by one from the paper's q. "
-                      f"Use q={order - 1} (the same sampler).", FutureWarning, stacklevel=3)
+        warn_user(f"GDDIM(order={order}) is deprecated: order counted eps nodes, off by one from the paper's q. "
+                      f"Use q={order - 1} (the same sampler).", FutureWarning)
         return order - 1
     q = 1 if q is None else check_int("q", q, 0)
     if q > 3:

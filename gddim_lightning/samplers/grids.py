@@ -7,8 +7,8 @@ about samplers. Every grid is validated by `check_grid`.
 
 from __future__ import annotations
 
+
 import math
-import warnings
 
 from collections.abc import Sequence
 
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..sdes.base import LinearSDE, invert_decreasing
+from .._warn import warn_user
 
 
 def check_grid(times: Tensor, T: float) -> Tensor:
@@ -48,10 +49,9 @@ def _warn_if_degenerate(times: Tensor) -> None:
         return
     largest = float(steps.max())
     if largest > COLLAPSED_FRACTION * span:
-        warnings.warn(f"the time grid has collapsed: one of its {steps.numel()} steps covers {100 * largest / span:.0f}% "
+        warn_user(f"the time grid has collapsed: one of its {steps.numel()} steps covers {100 * largest / span:.0f}% "
                       f"of [{float(times[-1]):.4g}, {float(times[0]):.4g}], so the others are nearly wasted; use a "
-                      "grid that spreads its steps (the default quadratic grid, or a power between 1 and 3)",
-                      stacklevel=4)
+                      "grid that spreads its steps (the default quadratic grid, or a power between 1 and 3)")
 
 
 class TimeGrid:
