@@ -109,6 +109,13 @@ def nfe_to_match(curve: dict[int, float], target: float) -> str:
     return str(pts[0][0]) if pts and pts[0][1] <= target else f">{pts[-1][0]}"
 
 
+def nearest_train_distance(x, train) -> float:
+    """Median L2 distance (pixels in [-1, 1]) from each image to its nearest training digit: a sampler
+    whose samples sit much closer to the training digits than held-out real digits do is copying them."""
+    d = torch.cdist(x.reshape(len(x), -1).double(), train.reshape(len(train), -1).double())
+    return float(d.min(1).values.median())
+
+
 def fid_of(fid, x):
     fid.reset()
     for k in range(0, len(x), 500):
@@ -158,7 +165,19 @@ def main() -> None:
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the rows of several results (runs of the same model with other NFE or samplers) into "
                          "--out (.json, .md, .png); rows of the same sampler and NFE: the later file wins")
+    ap.add_argument("--spread", nargs="+", metavar="JSON",
+                    help="results of one model over several --seed-offset draws: write a table of every sampler's "
+                         "FID per draw, mean and standard deviation, and paired differences, to --out (.md, .json)")
     args = ap.parse_args()
+    if args.spread:
+        out = Path(args.out)
+        if out.with_suffix(".md").exists() and not args.overwrite:
+            sys.exit(f"{out.with_suffix('.md')} exists; pass --overwrite to replace it")
+        text, data = spread_table([json.loads(Path(f).read_text()) for f in args.spread])
+        out.with_suffix(".md").write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(data, indent=2))
+        print(text)
+        return
     if args.merge:
         merged = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
         out = Path(args.out)
@@ -188,10 +207,16 @@ def main() -> None:
     val, _ = load_digits_split("val")
     fid = make_digits_fid(real_images=train)
     floor = fid_of(fid, val)
+    # against the held-out digits too: FID against the training set rewards memorisation; the floor of
+    # this column is the training digits themselves (as many as the samples) against the held-out ones
+    fid_heldout = make_digits_fid(real_images=val)
+    floor_heldout = fid_of(fid_heldout, train[: args.num_samples])
+    nn_floor = nearest_train_distance(val, train)
     kid = make_kid(train, min(len(val), args.num_samples))
     floor_kid = kid_of(kid, val)
     seeds = list(range(args.seed_offset, args.seed_offset + args.num_samples))
     results = {"floor_val_vs_train": floor, "floor_kid": floor_kid, "floor_n": len(val),
+               "floor_train_vs_heldout": floor_heldout, "labels": "paper_q", "nn_floor_heldout": nn_floor,
                "num_samples": args.num_samples, "seed_offset": args.seed_offset, "runs": {},
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads()}
@@ -215,8 +240,11 @@ def main() -> None:
             # the same samples' FID at the floor's sample size: FID is biased upward at small samples, so
             # this, not the 1000-sample FID, is what the held-out floor can be compared with
             small = fid_of(fid, x[: len(val)]) if finite else math.inf
+            heldout = fid_of(fid_heldout, x) if finite else math.inf
+            nn = nearest_train_distance(x, train) if finite else math.inf
             rows.append({"sampler": label, "nfe": res.nfe, "fid": value, "kid": k_mean, "kid_std": k_std,
-                         f"fid_at_{len(val)}": small, "seconds": dt})
+                         f"fid_at_{len(val)}": small, "fid_vs_heldout": heldout, "nn_train_median": nn,
+                         "seconds": dt})
             print(f"{name:4s} {label:18s} nfe={res.nfe:5d} fid={value:8.3f} kid={1e3 * k_mean:7.2f}e-3 {dt:6.1f}s",
                   flush=True)
             # every finished row is kept: a long run stopped midway still leaves its numbers
@@ -230,6 +258,47 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(results))
     write_plot(out.with_suffix(".png"), results)
     print(markdown(results))
+
+
+def spread_table(parts: list[dict]) -> tuple[str, dict]:
+    """FID of each (sampler, NFE) over several seed draws of the same model: per draw, mean and sample
+    standard deviation, and for every pair of samplers at one NFE the paired difference (same seeds)."""
+    import statistics
+
+    fids: dict[tuple[str, int], dict[int, float]] = {}
+    for part in parts:
+        off = int(part.get("seed_offset", 0))
+        for run in part["runs"].values():
+            for r in run["rows"]:
+                fids.setdefault((r["sampler"], r["nfe"]), {})[off] = r["fid"]
+    fids = {k: v for k, v in fids.items() if len(v) > 1}  # in one draw only: nothing to say about spread
+    offsets = sorted({o for v in fids.values() for o in v})
+    n = parts[0]["num_samples"]
+    lines = [f"FID over {len(offsets)} draws of {n} samples (seeds offset + 0 .. {n - 1}); sd = sample standard "
+             "deviation over the draws.", "",
+             "| sampler | NFE | " + " | ".join(f"seeds {o}+" for o in offsets) + " | mean | sd |",
+             "|---|---|" + "---|" * (len(offsets) + 2)]
+    data = {"offsets": offsets, "rows": [], "pairs": []}
+    for (label, nfe), v in sorted(fids.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        vals = [v[o] for o in offsets if o in v]
+        mean, sd = statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else float("nan"))
+        cells = " | ".join(f"{v[o]:.2f}" if o in v else "" for o in offsets)
+        lines.append(f"| {label} | {nfe} | {cells} | {mean:.2f} | {sd:.2f} |")
+        data["rows"].append({"sampler": label, "nfe": nfe, "fid": v, "mean": mean, "sd": sd})
+    lines += ["", "Paired differences (same seeds, same draws): mean +- standard error over the draws.", "",
+              "| NFE | sampler A | sampler B | A - B per draw | mean +- SE |", "|---|---|---|---|---|"]
+    keys = sorted(fids)
+    for i, (a, na) in enumerate(keys):
+        for b, nb in keys[i + 1:]:
+            common = [o for o in offsets if o in fids[(a, na)] and o in fids[(b, nb)]]
+            if na != nb or len(common) < 2:
+                continue
+            d = [fids[(a, na)][o] - fids[(b, nb)][o] for o in common]
+            se = statistics.stdev(d) / math.sqrt(len(d))
+            lines.append(f"| {na} | {a} | {b} | {', '.join(f'{x:+.2f}' for x in d)} | "
+                         f"{statistics.fmean(d):+.2f} +- {se:.2f} |")
+            data["pairs"].append({"nfe": na, "a": a, "b": b, "diffs": d, "mean": statistics.fmean(d), "se": se})
+    return "\n".join(lines) + "\n", data
 
 
 def _write_json(out: Path, results: dict) -> None:
@@ -374,6 +443,20 @@ def markdown(results: dict) -> str:
             for label, vals in table.items():
                 if not label.startswith("RK45"):
                     lines.append(f"| {label} | {nfe_to_match(vals, ref)} |")
+        heldout = {(r["sampler"], r["nfe"]): r["fid_vs_heldout"] for r in run["rows"] if "fid_vs_heldout" in r}
+        if heldout:
+            nn = {(r["sampler"], r["nfe"]): r.get("nn_train_median") for r in run["rows"]}
+            lines += ["", f"Against the {results.get('floor_n', 297)} held-out digits instead of the training digits "
+                      f"(floor: {results['num_samples']} training digits against them, "
+                      f"{results['floor_train_vs_heldout']:.2f}; a model that copies training digits gains nothing "
+                      "here), and the median distance from a sample to its nearest training digit (held-out real "
+                      f"digits: {results.get('nn_floor_heldout', float('nan')):.2f}):", "",
+                      "| sampler | NFE | FID vs training digits | FID vs held-out digits | nearest training digit |",
+                      "|---|---|---|---|---|"]
+            for (label, n), v in sorted(heldout.items()):
+                d = nn.get((label, n))
+                lines.append(f"| {label} | {n} | {table[label][n]:.2f} | {v:.2f} | "
+                             f"{'' if d is None else f'{d:.2f}'} |")
         if small:
             n_floor = results.get("floor_n", 297)
             lines += ["", f"At the floor's sample size: FID of the first {n_floor} of the same samples, against the "

@@ -468,9 +468,11 @@ class GDDIMCLI(LightningCLI):
                       "(check the data module's size and batch size, and --trainer.limit_train_batches); nothing "
                       "was trained", file=sys.stderr, flush=True)
                 sys.exit(1)
+            # trainer.log_dir is a collective under DDP: every rank asks, rank 0 prints
+            log_dir = self.trainer.log_dir if self.trainer.loggers else None
             if self.trainer.is_global_zero:
                 configs = self._sub().get("config") or []
-                print(fit_summary(self.trainer, configs, time.perf_counter() - t0), flush=True)
+                print(fit_summary(self.trainer, configs, time.perf_counter() - t0, log_dir), flush=True)
             return out
         except TrainingInterrupted as stop:
             print(f"gddim_lightning: {stop}", file=sys.stderr, flush=True)

@@ -39,9 +39,10 @@ def _shell(args: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
-def fit_summary(trainer: Trainer, configs: Sequence[Any], seconds: float) -> str:
-    """Steps, wall time, the last metrics, where checkpoints and logs are, and the ``predict`` line for
-    the checkpoint just written."""
+def fit_summary(trainer: Trainer, configs: Sequence[Any], seconds: float, log_dir: str | None = None) -> str:
+    """Steps, wall time, the last metrics, where checkpoints and logs are (``log_dir``: the trainer's,
+    read by the caller on every rank because it is a collective under DDP), and the ``predict`` line
+    for the checkpoint just written."""
     lines = [f"fit finished: {trainer.global_step} steps in {_duration(seconds)}"]
     metrics = _metrics(trainer)
     if metrics:
@@ -50,8 +51,8 @@ def fit_summary(trainer: Trainer, configs: Sequence[Any], seconds: float) -> str
     last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
     if last:
         lines.append(f"  checkpoints:  {os.path.dirname(last)}")
-    if trainer.loggers and trainer.log_dir:
-        lines.append(f"  logs:         {trainer.log_dir}  (tensorboard --logdir {trainer.log_dir})")
+    if log_dir:
+        lines.append(f"  logs:         {log_dir}  (tensorboard --logdir {log_dir})")
     if last:
         cmd = ["gddim-lightning", "predict"]
         for c in configs:

@@ -610,7 +610,7 @@ def _nan_eps(step_nan):
     (lambda: GDDIM(10, denoise="bogus"), "denoise"),
     (lambda: GDDIM(10, quad=0), "quad"),
     (lambda: RK45(rtol=0.0), "rtol and atol must be positive"),
-    (lambda: PowerGrid(0.0), "power must be positive"),
+    (lambda: PowerGrid(0.0), "power must be a finite positive number"),
     (lambda: SampleNoise([]), "at least one seed"),
 ])
 def test_constructor_errors(make, match):
