@@ -312,6 +312,9 @@ def merge_results(parts: list[dict]) -> dict:
     out = {k: v for k, v in parts[0].items() if k != "runs"}
     out["runs"], out["merged_from"] = {}, len(parts)
     for part in parts:
+        for key, value in part.items():  # settings only later parts have (e.g. the held-out floor)
+            if key not in ("runs", "seconds", "seed_offset"):
+                out.setdefault(key, value)
         for name, run in part["runs"].items():
             dst = out["runs"].setdefault(name, {**run, "rows": []})
             rows = {(r["sampler"], r["nfe"]): r for r in dst["rows"]}
