@@ -476,8 +476,8 @@ def run_sampler(sampler: Sampler, process: LinearSDE, eps_fn: Callable, noise, u
     sampler.check(process)
     counted = CountingEps(eps_fn, process)
     with torch.no_grad():
-        u, t_end, _ = sampler.run(process, counted, noise, u0.to(noise.dtype), None)
-        out = sampler.final_step(process, counted, u, t_end)
+        u, _ = sampler.run(process, counted, noise, u0.to(noise.dtype), None)
+        out = sampler.final_step(process, counted, u)
     return process.layout.project(out), u, counted.nfe
 
 

@@ -58,31 +58,25 @@ class SwitchSampler(Sampler):
         self.grid = QuadraticGrid()
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        lay = process.layout
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
         times = self.times(process, self.nfe - self.denoise_nfe)
         n = times.numel() - 1
         j = int((times[:-1] > self.t_switch).sum())  # steps taken stochastically
-        sto = stochastic_plan(process, times, self.lambda_)
-        det = deterministic_plan(process, times[j:], self.order) if j < n else None
-        y = lay.to_blocks(u)
+        sto = stochastic_plan(process, times, self.lambda_).ops(("psi", "eps", "noise"), u)
+        det = deterministic_plan(process, times[j:], self.order).ops(("psi", "C"), u) if j < n else None
         history: list[Tensor] = []
         for i in range(n):
-            e = lay.to_blocks(eps(lay.from_blocks(y), times[i].item(), i))
+            e = eps(u, times[i].item(), i)
             if i < j:  # exact Gaussian step of the lambda-SDE, noise on every step but the very last
-                psi, ce, cz = (sto.get(k, u.dtype, u.device)[i] for k in ("psi", "eps", "noise"))
-                y = lay.apply(psi, y) + lay.apply(ce, e)
+                Psi, Ce, Cz = (op[i] for op in sto)
+                u = Psi @ u + Ce @ e
                 if i < n - 1:
-                    y = y + lay.apply(cz, lay.to_blocks(noise.randn(process.state_shape)))
+                    u = u + Cz @ noise.randn(process.state_shape)
             else:
-                k = i - j
+                (Psi, C), k = det, i - j
                 history = [e] + history[: self.order - 1]
-                y_next = lay.apply(det.get("psi", u.dtype, u.device)[k], y)
-                C = det.get("C", u.dtype, u.device)
-                for m, em in enumerate(history):
-                    y_next = y_next + lay.apply(C[k, m], em)
-                y = y_next
-        return lay.from_blocks(y), times[-1].item(), {"times": times, "stochastic_steps": j}
+                u = Psi[k] @ u + sum(C[k, m] @ e_m for m, e_m in enumerate(history))
+        return u, {"times": times, "stochastic_steps": j}
 
 
 def experiments(T_rho80: float) -> dict[str, list[tuple[str, Sampler]]]:

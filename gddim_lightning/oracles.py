@@ -94,11 +94,8 @@ class MixtureEps:
 
     def _at(self, t: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if t not in self._cache:
-            lay, p = self.process.layout, self.process
-            tt = torch.tensor(t, dtype=torch.float64)
-            Psi = lay.dense(p.psi(tt, torch.zeros_like(tt)))
-            Sig = lay.dense(p.Sigma(tt))
-            Kt = lay.dense(p.K(tt, self.kind))
+            ops = self.process.ops
+            Psi, Sig, Kt = ops.mean(t).dense(), ops.Sigma(t).dense(), ops.K(t, self.kind).dense()
             m = self.lift_means @ Psi.T  # [K, D]
             C = Sig + (Psi.unsqueeze(0) * self.lift_vars.unsqueeze(1)) @ Psi.T  # [K, D, D]
             chol = torch.linalg.cholesky(0.5 * (C + C.transpose(-1, -2)))

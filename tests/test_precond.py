@@ -20,7 +20,7 @@ from gddim_lightning.module import CLDModule, DiffusionModule
 from gddim_lightning.nets import Preconditioner
 from gddim_lightning.oracles import Gaussian, ring_mixture
 from gddim_lightning.samplers import GDDIM
-from gddim_lightning.sdes import BDM, CLD, VPSDE
+from gddim_lightning.sdes import BDM, CLD, VPSDE, BlockOp
 
 PROCESSES = {
     "vp": lambda: VPSDE((2,)),
@@ -79,10 +79,10 @@ def test_target_has_unit_variance_and_is_the_weighted_eps_error(name, kind):
         assert torch.allclose(power, torch.ones_like(power), atol=0.05), (t, power)
         # it equals S^+ (z - A u), computed here the direct way (float64: no cancellation problem at n=4)
         c = pre.coefficients(tt[:4])
-        S = c.out
+        S = c.out.data
         w, V = torch.linalg.eigh(S)
-        S_pinv = pinv_sym(w, V)
-        direct = pre._apply(S_pinv, z[:4] - pre._apply(c.skip, u[:4]))
+        S_pinv = BlockOp(p.layout, pinv_sym(w, V))
+        direct = S_pinv @ (z[:4] - c.skip @ u[:4])
         assert torch.allclose(target[:4], direct, rtol=1e-6, atol=1e-6 * direct.abs().max().item()), t
 
 
@@ -104,10 +104,10 @@ def test_same_optimum_as_plain_dsm(name):
         u = p.perturb(x0, tt, z)
         c = pre.coefficients(tt)
         e = exact(u, tt)
-        resid = e - pre._apply(c.skip, u)
+        resid = e - c.skip @ u
         # the ideal output F* = S^+ resid reproduces eps exactly
-        w, V = torch.linalg.eigh(c.out)
-        F_star = pre._apply(pinv_sym(w, V), resid)
+        w, V = torch.linalg.eigh(c.out.data)
+        F_star = BlockOp(p.layout, pinv_sym(w, V)) @ resid
         ideal = lambda v, s, F=F_star: F  # noqa: E731
         assert torch.allclose(pre.eps(ideal, u, tt), e, rtol=1e-7, atol=1e-7)
         delta = 0.1 * torch.randn(n, *p.state_shape, generator=g, dtype=F64)
@@ -115,7 +115,7 @@ def test_same_optimum_as_plain_dsm(name):
         pred_d, _ = pre.regression(lambda v, s: F_star + delta, u, tt, x0, z)
         base = ((pred - target) ** 2).mean()
         worse = ((pred_d - target) ** 2).mean()
-        added = (pre._apply(c.proj, delta) ** 2).mean()
+        added = ((c.proj @ delta) ** 2).mean()
         # E[worse - base] = E|P delta|^2 exactly when F* is the conditional mean of the target
         assert abs((worse - base - added).item()) < 5 * (2 * 0.1 * ((pred - target) ** 2).mean().sqrt() / n**0.5).item() + 1e-3
         assert worse > base
@@ -125,7 +125,7 @@ def test_bdm_output_scale_vanishes_on_erased_frequencies():
     """BDM: where the blur has erased a frequency, eps is fixed by u and the network's output is scaled away."""
     p = BDM((1, 8, 8), sigma_blur_max=2.0)
     pre = Preconditioner(p, sigma_data=0.5)
-    s = pre.coefficients(batch_t(0.95, 1)).out.reshape(-1)  # per frequency
+    s = pre.coefficients(batch_t(0.95, 1)).out.data.reshape(-1)  # per frequency
     assert s[0] > 0.01 and s[-1] < 2e-3 * s[0]  # down to min_scale = 1e-3 relative
 
 

@@ -125,7 +125,7 @@ def assert_plan_finite(plan: Plan, what: str) -> None:
         bad = (~torch.isfinite(c)).sum().item()
         assert bad == 0, f"{what}: {bad} non-finite float64 entries in {name!r}"
         for dtype in (F32, F64):
-            g = plan.get(name, dtype, "cpu")
+            g = plan.get(name, dtype, "cpu").data
             assert g.dtype == dtype
             bad = (~torch.isfinite(g)).sum().item()
             assert bad == 0, f"{what}: {bad} non-finite {dtype} entries in {name!r} (max |.| {c.abs().max():.3g})"
@@ -220,12 +220,12 @@ def test_ill_conditioned_grids_raise_clearly_in_float32(pname, center, gap, size
             assert torch.isfinite(coef).all(), (name, order, K)
             big = coef.abs().max().item()
             if big <= FLOAT32_MAX:
-                assert torch.isfinite(plan.get(name, F32, "cpu")).all()
+                assert torch.isfinite(plan.get(name, F32, "cpu").data).all()
             else:
                 assert order >= 3, (name, order, K, big)
                 with pytest.raises(ValueError, match="ill-conditioned"):
                     plan.get(name, F32, "cpu")
-            assert torch.isfinite(plan.get(name, F64, "cpu")).all()
+            assert torch.isfinite(plan.get(name, F64, "cpu").data).all()
 
 
 def test_ill_conditioned_grid_sampler_raises_value_error_not_nan():
@@ -256,7 +256,7 @@ def test_finiteness_checks_can_fail():
     C = good.coeffs["C"].clone()
     C[0, 0] = 1e40
     plan = Plan(p, times, {"C": C})
-    assert torch.isfinite(plan.get("C", F64, "cpu")).all()
+    assert torch.isfinite(plan.get("C", F64, "cpu").data).all()
     with pytest.raises(ValueError, match="ill-conditioned"):
         plan.get("C", F32, "cpu")
     with pytest.raises(ValueError, match="ill-conditioned"):

@@ -33,19 +33,20 @@ import torch
 from torch import Tensor
 
 from ..sdes.base import LinearSDE, as_time
+from ..sdes.operators import BlockOp
 
 Network = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
 class PrecondCoefficients:
-    """Per-sample block operators ``[B, n, b, b]`` (float64) at times ``t [B]``."""
+    """Per-sample block operators (float64, leading shape ``[B]``) at times ``t [B]``."""
 
-    c_in: Tensor   # C^{-1/2}
-    skip: Tensor   # A = K^T C^{-1}
-    out: Tensor    # S = |q| n n^T
-    proj: Tensor   # n n^T (what of the network's output is used)
-    signal: Tensor  # (1/|q|) n n^T A Psi(t, 0): the x0 part of the regression target
+    c_in: BlockOp    # C^{-1/2}
+    skip: BlockOp    # A = K^T C^{-1}
+    out: BlockOp     # S = |q| n n^T
+    proj: BlockOp    # n n^T (what of the network's output is used)
+    signal: BlockOp  # (1/|q|) n n^T A Psi(t, 0): the x0 part of the regression target
 
 
 class Preconditioner:
@@ -72,12 +73,13 @@ class Preconditioner:
         self.output_scale = bool(output_scale)
 
     def coefficients(self, t: Tensor) -> PrecondCoefficients:
-        """The block operators at times ``t [B]`` (float64, ``[B, n, b, b]``)."""
+        """The block operators at times ``t [B]`` (float64, leading shape ``[B]``). The formulas work on
+        the raw ``[B, n, b, b]`` blocks: the data column ``Psi e`` is a vector per block, not an operator."""
         p = self.process
         t64 = as_time(t)
-        K = p.K(t64, self.kind)
+        K = p.ops.K(t64, self.kind).data
         b, di = p.block_size, p.layout.data_index
-        psi = p.psi(t64, torch.zeros_like(t64))
+        psi = p.ops.mean(t64).data
         col = psi[..., :, di : di + 1]  # Psi e: [B, n, b, 1]
         C = self.sigma_data**2 * col @ col.transpose(-1, -2) + K @ K.transpose(-1, -2)
         C = 0.5 * (C + C.transpose(-1, -2))
@@ -92,24 +94,20 @@ class Preconditioner:
         if b == 1:
             proj = torch.ones_like(proj)  # n = +-1: exactly the identity
         signal = proj @ skip @ psi / s
-        return PrecondCoefficients(c_in, skip, s * proj, proj, signal)
-
-    def _apply(self, A: Tensor, u: Tensor) -> Tensor:
-        """Per-sample block operators ``A [B, n, b, b]`` (float64) on states ``u`` (model dtype)."""
-        lay = self.process.layout
-        return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
+        lay = p.layout
+        return PrecondCoefficients(*(BlockOp(lay, A) for A in (c_in, skip, s * proj, proj, signal)))
 
     def skip_eps(self, u: Tensor, t: Tensor) -> Tensor:
         """The skip term ``A_t u``: the exact eps if the data were ``N(0, sigma_data^2 I)``."""
-        return self._apply(self.coefficients(t).skip, u)
+        return self.coefficients(t).skip @ u
 
     def eps(self, net: Network, u: Tensor, t: Tensor) -> Tensor:
         """``eps = A_t u + S_t net(c_in u, t)`` (``S_t = I`` without `output_scale`)."""
         c = self.coefficients(t)
-        out = net(self._apply(c.c_in, u), t)
+        out = net(c.c_in @ u, t)
         if self.output_scale:
-            out = self._apply(c.out, out)
-        return self._apply(c.skip, u) + out
+            out = c.out @ out
+        return c.skip @ u + out
 
     def regression(self, net: Network, u: Tensor, t: Tensor, x0: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """The network's prediction and its unit-variance target for ``u = Psi(t,0) lift(x0) + K_t z``.
@@ -120,11 +118,11 @@ class Preconditioner:
         averaged, is the weighted loss per data coordinate.
         """
         c = self.coefficients(t)
-        out = net(self._apply(c.c_in, u), t)
+        out = net(c.c_in @ u, t)
         if not self.output_scale:
-            return out, z - self._apply(c.skip, u)
-        target = self._apply(c.out, z) - self._apply(c.signal, self.process.layout.lift(x0))
-        return self._apply(c.proj, out), target
+            return out, z - c.skip @ u
+        target = c.out @ z - c.signal @ self.process.layout.lift(x0)
+        return c.proj @ out, target
 
     def __repr__(self) -> str:
         return (f"Preconditioner({self.process.describe()}, sigma_data={self.sigma_data}, kind={self.kind!r}, "

@@ -116,6 +116,9 @@ class Sampler:
     #: for CLD the velocity part, all that a velocity-only network (`CLDModule`) predicts.
     drift_only: bool = False
 
+    #: network evaluations per grid step (Heun: 2); ``nfe = evals_per_step * n_steps + denoise_nfe``
+    evals_per_step: int = 1
+
     def __init__(self, t_min: float = 1e-3, denoise: str = "tweedie", t_start: float | None = None,
                  rho_start: float | None = None) -> None:
         if not t_min > 0:
@@ -151,6 +154,21 @@ class Sampler:
     def denoise_nfe(self) -> int:
         return 0 if self.denoise == "none" else 1
 
+    def set_nfe(self, nfe: int) -> None:
+        """Checks and stores the total NFE of a fixed-grid sampler: at least one grid step plus the
+        denoising evaluation, and whole steps of `evals_per_step` evaluations each."""
+        k, d = self.evals_per_step, self.denoise_nfe
+        step = "one grid step" if k == 1 else f"one grid step of {k} evaluations"
+        self.nfe = check_int("nfe", nfe, k + d, f" ({step} plus {d} denoising evaluation)" if d else "")
+        if (self.nfe - d) % k:
+            raise ValueError(f"{type(self).__name__} uses {k} evaluations per step: nfe - {d} (denoising) must be "
+                             f"{'even' if k == 2 else f'a multiple of {k}'}, got nfe={nfe}")
+
+    @property
+    def n_steps(self) -> int:
+        """Grid steps of a fixed-grid sampler: the NFE left after denoising, `evals_per_step` per step."""
+        return (self.nfe - self.denoise_nfe) // self.evals_per_step
+
     def sample(
         self,
         process: LinearSDE,
@@ -180,8 +198,8 @@ class Sampler:
             u_T = u_T.to(device=noise.device, dtype=noise.dtype)
         counted = CountingEps(eps_fn, process)
         with torch.no_grad():
-            u, t_end, info = self.run(process, counted, noise, u_T, callback)
-            u = self.final_step(process, counted, u, t_end)
+            u, info = self.run(process, counted, noise, u_T, callback)
+            u = self.final_step(process, counted, u)
         return SampleResult(process.layout.project(u), u, counted.nfe, info)
 
     def check(self, process: LinearSDE) -> None:
@@ -193,30 +211,27 @@ class Sampler:
             raise ValueError(f"the sampler starts at t={start:.6g} (t_start={self.t_start}, rho_start={self.rho_start}),"
                              f" which must lie in (t_min={self.t_min}, T={process.T}] of {type(process).__name__}")
 
-    def times(self, process: LinearSDE, n_steps: int) -> Tensor:
-        """The sampler's grid: ``n_steps + 1`` times from `start_time` to ``t_min``."""
-        return self.grid(process, n_steps, self.t_min, self.start_time(process))
+    def times(self, process: LinearSDE, n_steps: int | None = None) -> Tensor:
+        """The sampler's grid: ``n_steps + 1`` times (default `n_steps`) from `start_time` to ``t_min``."""
+        return self.grid(process, self.n_steps if n_steps is None else n_steps, self.t_min, self.start_time(process))
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        """Integrate from `start_time` to ``t_min``; return the state, the time reached, and extras."""
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
+        """Integrate ``u`` from `start_time` to ``t_min``; return the state reached at ``t_min`` and
+        sampler-specific extras (e.g. ``{"times": grid}``)."""
         raise NotImplementedError
 
-    def final_step(self, process: LinearSDE, eps: CountingEps, u: Tensor, t: float) -> Tensor:
+    def final_step(self, process: LinearSDE, eps: CountingEps, u: Tensor) -> Tensor:
+        """The denoising step from ``t_min`` to 0 (one evaluation; none for ``denoise="none"``)."""
         if self.denoise == "none":
             return u
+        t = self.t_min
         e = eps(u, t, "denoise")
-        lay = process.layout
-        tt = torch.tensor(t, dtype=torch.float64)
-        y, ye = lay.to_blocks(u), lay.to_blocks(e)
-        R = process.R(tt)
-        if self.denoise == "tweedie":
-            inv_psi = torch.linalg.inv(process.psi(tt, torch.zeros_like(tt)))
-            y0 = lay.apply(lay.view(inv_psi.to(u)), y - lay.apply(lay.view(R.to(u)), ye))
-        else:  # u_0 = u - t [F u + G G^T R^{-T} eps]
-            D = process.GGT(tt) @ torch.linalg.inv(R).transpose(-1, -2)
-            y0 = y - t * (lay.apply(lay.view(process.F(tt).to(u)), y) + lay.apply(lay.view(D.to(u)), ye))
-        return lay.from_blocks(y0)
+        ops = process.ops
+        if self.denoise == "tweedie":  # u_0 = Psi(t, 0)^{-1} (u - R_t eps)
+            return ops.mean(t).inv() @ (u - ops.R(t) @ e)
+        # noise-free Euler step of the reverse SDE: u_0 = u - t [F_t u + G G^T R^{-T} eps]
+        return u - t * (ops.F(t) @ u + ops.score_drift(t) @ e)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..sdes.base import LinearSDE
-from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
+from .base import Callback, CountingEps, SampleNoise, Sampler
 from .grids import TimeGrid, UniformGrid
 from .plan import Plan, drift_plan
 from .._warn import warn_user
@@ -60,31 +60,29 @@ class EulerMaruyama(Sampler):
                  t_min: float = 1e-3, denoise: str = "euler", t_start: float | None = None,
                  rho_start: float | None = None) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
-        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
+        self.set_nfe(nfe)
         if not lambda_ >= 0:
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
         self.lambda_ = float(lambda_)
         self.grid = grid if grid is not None else UniformGrid()
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        lay = process.layout
-        times = self.times(process, self.nfe - self.denoise_nfe)
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
+        times = self.times(process)
         plan = drift_plan(process, times, self.lambda_)
         warn_if_unstable(type(self).__name__, plan)
-        F, D, G = (plan.get(k, u.dtype, u.device) for k in ("F", "D", "G"))
-        y = lay.to_blocks(u)
+        F, D, G = plan.ops(("F", "D", "G"), u)
         n = plan.n_steps
         for i in range(n):
             t, h = times[i].item(), (times[i] - times[i + 1]).item()
-            e = eps(lay.from_blocks(y), t, i)
+            e = eps(u, t, i)
             # Drift step backwards in time, then noise (none on the last step).
-            y = y - h * (lay.apply(F[i], y) + lay.apply(D[i], lay.to_blocks(e)))
+            u = u - h * (F[i] @ u + D[i] @ e)
             if self.lambda_ > 0 and i < n - 1:
-                y = y + h**0.5 * lay.apply(G[i], lay.to_blocks(noise.randn(process.state_shape)))
+                u = u + h**0.5 * (G[i] @ noise.randn(process.state_shape))
             if callback is not None:
-                callback({"step": i, "t": t, "u": lay.from_blocks(y), "eps": e})
-        return lay.from_blocks(y), times[-1].item(), {"times": times}
+                callback({"step": i, "t": t, "u": u, "eps": e})
+        return u, {"times": times}
 
 
 class ProbabilityFlowEuler(EulerMaruyama):
@@ -108,36 +106,30 @@ class Heun(Sampler):
     """
 
     drift_only = True
+    evals_per_step = 2
 
     def __init__(self, nfe: int = 100, grid: TimeGrid | None = None, t_min: float = 1e-3,
                  denoise: str = "euler", t_start: float | None = None, rho_start: float | None = None) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
-        self.nfe = check_int("nfe", nfe, 2 + self.denoise_nfe)
-        if (self.nfe - self.denoise_nfe) % 2:
-            raise ValueError(f"Heun uses 2 evaluations per step: nfe - {self.denoise_nfe} (denoising) must be "
-                             f"even, got nfe={nfe}")
+        self.set_nfe(nfe)
         self.grid = grid if grid is not None else UniformGrid()
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        lay = process.layout
-        times = self.times(process, (self.nfe - self.denoise_nfe) // 2)
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
+        times = self.times(process)
         plan = drift_plan(process, times, 0.0)
         warn_if_unstable("Heun", plan)
-        F, D = plan.get("F", u.dtype, u.device), plan.get("D", u.dtype, u.device)
+        F, D = plan.ops(("F", "D"), u)
 
-        def drift(y: Tensor, k: int, step: int) -> Tensor:
-            e = eps(lay.from_blocks(y), times[k].item(), step)
-            return lay.apply(F[k], y) + lay.apply(D[k], lay.to_blocks(e))
+        def drift(u: Tensor, k: int, step: int) -> Tensor:
+            return F[k] @ u + D[k] @ eps(u, times[k].item(), step)
 
-        y = lay.to_blocks(u)
         for i in range(plan.n_steps):
             h = (times[i] - times[i + 1]).item()
             # Euler predictor, then trapezoidal corrector.
-            d1 = drift(y, i, i)
-            y_pred = y - h * d1
-            d2 = drift(y_pred, i + 1, i)
-            y = y - 0.5 * h * (d1 + d2)
+            d1 = drift(u, i, i)
+            d2 = drift(u - h * d1, i + 1, i)
+            u = u - 0.5 * h * (d1 + d2)
             if callback is not None:
-                callback({"step": i, "t": times[i].item(), "u": lay.from_blocks(y)})
-        return lay.from_blocks(y), times[-1].item(), {"times": times}
+                callback({"step": i, "t": times[i].item(), "u": u})
+        return u, {"times": times}

@@ -62,8 +62,7 @@ class GDDIM(Sampler):
     ) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
         self.q = _resolve_q(q, order)
-        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe,
-                             f" (one grid step plus {self.denoise_nfe} denoising evaluation)")
+        self.set_nfe(nfe)
         if not lambda_ >= 0:
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
         if lambda_ > 0 and self.q != 0:
@@ -88,59 +87,42 @@ class GDDIM(Sampler):
         # R is not triangular, and the stochastic step uses the full score through Psi-hat.
         return self.K == "L" and self.lambda_ == 0
 
-    @property
-    def n_steps(self) -> int:
-        return self.nfe - self.denoise_nfe
-
     def check(self, process: LinearSDE) -> None:
         super().check(process)
-        self.times(process, self.n_steps)  # an explicit grid that does not fit the NFE fails here
+        self.times(process)  # an explicit grid that does not fit the NFE fails here
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        times = self.times(process, self.n_steps)
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
+        times = self.times(process)
         if self.lambda_ > 0:
             return self._run_stochastic(process, eps, noise, u, times, callback)
-        lay = process.layout
         plan = deterministic_plan(process, times, self.n_nodes, self.K, self.quad)
-        psi = plan.get("psi", u.dtype, u.device)
-        C = plan.get("C", u.dtype, u.device)
+        Psi, C = plan.ops(("psi", "C"), u)
         to_L = plan.get("R_to_L", u.dtype, u.device) if self.K == "L" else None
-        y = lay.to_blocks(u)
-        history: list[Tensor] = []  # eps at t_i, t_{i-1}, ... in the basis
+        history: list[Tensor] = []  # eps at t_i, t_{i-1}, ... (K's parameterisation)
         for i in range(plan.n_steps):
             t = times[i].item()
-            e = eps(lay.from_blocks(y), t, i)
-            ye = lay.to_blocks(e)
-            if to_L is not None:
-                ye = lay.apply(to_L[i], ye)
-            history = [ye] + history[: self.q]
+            e = eps(u, t, i)
+            history = [e if to_L is None else to_L[i] @ e] + history[: self.q]
             # Move the mean, then add the interpolated eps terms.
-            y_next = lay.apply(psi[i], y)
-            for j, ej in enumerate(history):
-                y_next = y_next + lay.apply(C[i, j], ej)
-            y = y_next
+            u = Psi[i] @ u + sum(C[i, j] @ e_j for j, e_j in enumerate(history))
             if callback is not None:
-                callback({"step": i, "t": t, "u": lay.from_blocks(y), "eps": e})
-        return lay.from_blocks(y), times[-1].item(), {"times": times}
+                callback({"step": i, "t": t, "u": u, "eps": e})
+        return u, {"times": times}
 
     def _run_stochastic(self, process, eps, noise, u, times, callback):
-        lay = process.layout
         plan = stochastic_plan(process, times, self.lambda_)
-        psi = plan.get("psi", u.dtype, u.device)
-        ce = plan.get("eps", u.dtype, u.device)
-        cz = plan.get("noise", u.dtype, u.device)
-        y = lay.to_blocks(u)
+        Psi, Ce, Cz = plan.ops(("psi", "eps", "noise"), u)
         for i in range(plan.n_steps):
             t = times[i].item()
-            e = eps(lay.from_blocks(y), t, i)
-            # Exact Gaussian step: mean from the frozen-eps point mass, then fresh noise.
-            y = lay.apply(psi[i], y) + lay.apply(ce[i], lay.to_blocks(e))
+            e = eps(u, t, i)
+            # Exact Gaussian step: mean from the frozen-eps point mass, then fresh noise (none on the last step).
+            u = Psi[i] @ u + Ce[i] @ e
             if i < plan.n_steps - 1:
-                y = y + lay.apply(cz[i], lay.to_blocks(noise.randn(process.state_shape)))
+                u = u + Cz[i] @ noise.randn(process.state_shape)
             if callback is not None:
-                callback({"step": i, "t": t, "u": lay.from_blocks(y), "eps": e})
-        return lay.from_blocks(y), times[-1].item(), {"times": times}
+                callback({"step": i, "t": t, "u": u, "eps": e})
+        return u, {"times": times}
 
 
 def _resolve_q(q: int | None, order: int | None) -> int:

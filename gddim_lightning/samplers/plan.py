@@ -1,7 +1,7 @@
 """The coefficient engine: every per-step coefficient, computed once in float64 and cached.
 
 A `Plan` holds float64 block tensors ``[N, ..., n, b, b]`` for a (process, grid, method) and hands
-them out converted to a model's dtype/device and viewed for `BlockLayout.apply`. Plans are cached
+them out as `BlockOp` tables converted to a model's dtype/device (``plan.get("psi", ...)[i] @ u``). Plans are cached
 on the process (``process.plan_cache``), keyed by everything they depend on.
 
 Deterministic gDDIM with the paper's multistep order ``q`` (``order = q + 1`` eps nodes: the functions
@@ -19,12 +19,14 @@ remaining integrals use Gauss-Legendre quadrature per step.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..sdes.base import LinearSDE
+from ..sdes.operators import BlockOp
 
 #: bound on the elements of one quadrature chunk (memory control for many blocks)
 _CHUNK_ELEMS = 4_000_000
@@ -49,8 +51,8 @@ class Plan:
     def n_steps(self) -> int:
         return self.times.numel() - 1
 
-    def get(self, name: str, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-        """Coefficient ``name`` in ``dtype`` on ``device``, viewed as ``[N, ..., b, b, *block_grid]``."""
+    def get(self, name: str, dtype: torch.dtype, device: torch.device | str) -> BlockOp:
+        """Coefficient ``name`` in ``dtype`` on ``device``: a table of block operators (index the step)."""
         key = (name, dtype, str(device))
         if key not in self._converted:
             src = self.coeffs[name]
@@ -65,8 +67,12 @@ class Plan:
                     "too ill-conditioned for this sampler (nearly coincident times, gaps many orders of magnitude "
                     "apart, under a multistep order of 3 or 4); use a lower order, a better-spaced grid or float64"
                 )
-            self._converted[key] = self.process.layout.view(src).to(dtype=dtype, device=device)
+            self._converted[key] = BlockOp(self.process.layout, src.to(dtype=dtype, device=device))
         return self._converted[key]
+
+    def ops(self, names: Sequence[str], like: Tensor) -> tuple[BlockOp, ...]:
+        """The coefficients ``names`` as block-operator tables in ``like``'s dtype and device."""
+        return tuple(self.get(name, like.dtype, like.device) for name in names)
 
 
 def _key(kind: str, times: Tensor, *extra) -> tuple:
@@ -84,16 +90,6 @@ def cached_plan(process: LinearSDE, key: tuple, build) -> Plan:
 def step_orders(n_steps: int, order: int) -> list[int]:
     """Warm-up: step ``i`` uses ``min(i + 1, order)`` nodes (no extra evaluations)."""
     return [min(i + 1, order) for i in range(n_steps)]
-
-
-def bmm(A: Tensor, B: Tensor) -> Tensor:
-    """Block matrix product; elementwise for 1x1 blocks (much faster than batched 1x1 matmuls)."""
-    return A * B if A.shape[-1] == 1 and B.shape[-2] == 1 else A @ B
-
-
-def binv(A: Tensor) -> Tensor:
-    """Block inverse; elementwise for 1x1 blocks."""
-    return 1.0 / A if A.shape[-1] == 1 else torch.linalg.inv(A)
 
 
 def _lagrange(x: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,18 +140,18 @@ def multistep_coefficients(process: LinearSDE, times: Tensor, order: int, kind: 
             nodes = torch.stack([times[i - j] for j in range(q)], -1)  # [G, q]
             tau, w = _gauss_legendre(tp, t, quad)  # [G, m]
             l, dl = _lagrange(nodes, tau)
-            psi = process.psi(tp.unsqueeze(-1), tau)  # [G, m, n, b, b] (t broadcast: no repeated work)
+            ops = process.ops
+            Psi = ops.Psi(tp.unsqueeze(-1), tau)  # [G, m] operators (t broadcast: no repeated work)
             if kind == "R":
                 # C_ij = R_{t'} l_j(t') - delta_j0 Psi(t', t) R_t + int_{t'}^{t} Psi(t', tau) R_tau l_j'(tau)
-                integrand = bmm(psi, process.R(tau))
+                integrand = (Psi @ ops.R(tau)).data
                 Cq = torch.einsum("gm,gmj,gmnab->gjnab", w, dl, integrand)
                 l_end, _ = _lagrange(nodes, tp.unsqueeze(-1))
                 Cq += l_end[:, 0, :, None, None, None] * process.R(tp).unsqueeze(1)
-                Cq[:, 0] -= bmm(process.psi(tp, t), process.R(t))
+                Cq[:, 0] -= (ops.Psi(tp, t) @ ops.R(t)).data
             elif kind == "L":
                 # C_ij = -int_{t'}^{t} 1/2 Psi(t', tau) G G^T L_tau^{-T} l_j(tau)
-                Linv_T = binv(process.L(tau)).transpose(-1, -2)
-                integrand = 0.5 * bmm(bmm(psi, process.GGT(tau)), Linv_T)
+                integrand = 0.5 * (Psi @ ops.score_drift(tau, "L")).data
                 Cq = -torch.einsum("gm,gmj,gmnab->gjnab", w, l, integrand)
             else:
                 raise ValueError(f"K must be 'R' or 'L', got {kind!r}")
@@ -171,17 +167,10 @@ def deterministic_plan(process: LinearSDE, times: Tensor, order: int, kind: str 
         t, tp = times[:-1], times[1:]
         coeffs = {"psi": process.psi(tp, t), "C": multistep_coefficients(process, times, order, kind, quad)}
         if kind == "L":
-            coeffs["R_to_L"] = bmm(process.L(t).transpose(-1, -2), binv(process.R(t)).transpose(-1, -2))
+            coeffs["R_to_L"] = process.ops.eps_change(t, "R", "L").data
         return Plan(process, times, coeffs)
 
     return cached_plan(process, _key("deterministic", times, order, kind, quad), build)
-
-
-def psd_sqrt(P: Tensor) -> Tensor:
-    """Symmetric square root of a (numerically) PSD block tensor; negative round-off is clipped."""
-    P = 0.5 * (P + P.transpose(-1, -2))
-    w, V = torch.linalg.eigh(P)
-    return (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
 
 
 def stochastic_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
@@ -193,12 +182,13 @@ def stochastic_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
 
     def build() -> Plan:
         t, tp = times[:-1], times[1:]
-        psi = process.psi(tp, t)
-        psi_hat = process.psi_hat(tp, t, lambda_)
-        P = process.Sigma(tp) - bmm(bmm(psi_hat, process.Sigma(t)), psi_hat.transpose(-1, -2))
-        noise = psd_sqrt(P)
+        ops = process.ops
+        Psi = ops.Psi(tp, t)
+        Psi_hat = BlockOp(process.layout, process.psi_hat(tp, t, lambda_))
+        P = ops.Sigma(tp) - Psi_hat @ ops.Sigma(t) @ Psi_hat.T
+        noise = P.sqrt().data
         noise[-1] = 0
-        coeffs = {"psi": psi, "eps": bmm(psi_hat - psi, process.R(t)), "noise": noise, "P": P}
+        coeffs = {"psi": Psi.data, "eps": ((Psi_hat - Psi) @ ops.R(t)).data, "noise": noise, "P": P.data}
         return Plan(process, times, coeffs)
 
     return cached_plan(process, _key("stochastic", times, float(lambda_)), build)
@@ -222,10 +212,9 @@ def drift_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:
 
     def build() -> Plan:
         c = 0.5 * (1 + float(lambda_) ** 2)
-        Rinv_T = binv(process.R(times)).transpose(-1, -2)
         coeffs = {
             "F": process.F(times),
-            "D": c * bmm(process.GGT(times), Rinv_T),
+            "D": c * process.ops.score_drift(times).data,
             "G": float(lambda_) * process.G(times),
         }
         plan = Plan(process, times, coeffs)

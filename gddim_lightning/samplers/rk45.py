@@ -37,18 +37,14 @@ class RK45(Sampler):
         self.atol = float(atol)
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
-        lay = process.layout
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
         shape, dtype, device = u.shape, u.dtype, u.device
+        ops = process.ops
 
         def f(t: float, x: np.ndarray) -> np.ndarray:
-            tt = torch.tensor(t, dtype=torch.float64)
-            D = process.GGT(tt) @ torch.linalg.inv(process.R(tt)).transpose(-1, -2) * 0.5
             uu = torch.from_numpy(x).reshape(shape).to(device=device, dtype=dtype)
-            e = eps(uu, t, "rk45")
-            y, ye = lay.to_blocks(uu), lay.to_blocks(e)
-            d = lay.apply(lay.view(process.F(tt).to(uu)), y) + lay.apply(lay.view(D.to(uu)), ye)
-            return lay.from_blocks(d).to("cpu", torch.float64).reshape(-1).numpy()
+            d = ops.F(t) @ uu + (0.5 * ops.score_drift(t)) @ eps(uu, t, "rk45")
+            return d.to("cpu", torch.float64).reshape(-1).numpy()
 
         res = solve_ivp(f, (self.start_time(process), self.t_min), u.detach().to("cpu", torch.float64).reshape(-1).numpy(),
                         method="RK45", rtol=self.rtol, atol=self.atol)
@@ -57,4 +53,4 @@ class RK45(Sampler):
         out = torch.from_numpy(res.y[:, -1].copy()).reshape(shape).to(device=device, dtype=dtype)
         if callback is not None:
             callback({"step": len(res.t) - 1, "t": self.t_min, "u": out})
-        return out, self.t_min, {"steps": len(res.t) - 1, "solver_nfev": int(res.nfev)}
+        return out, {"steps": len(res.t) - 1, "solver_nfev": int(res.nfev)}

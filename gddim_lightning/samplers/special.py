@@ -12,9 +12,10 @@ from torch import Tensor
 from ..sdes.base import LinearSDE
 from ..sdes.cld import CLD
 from ..sdes.scalar import ScalarBlockSDE
-from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
+from .base import Callback, CountingEps, SampleNoise, Sampler
 from .grids import QuadraticGrid, TimeGrid, UniformGrid
-from .plan import Plan, cached_plan, psd_sqrt
+from .plan import Plan, cached_plan
+from ..sdes.operators import psd_sqrt
 
 
 class SSCS(Sampler):
@@ -44,7 +45,7 @@ class SSCS(Sampler):
                  denoise: str = "euler", score_time: str = "midpoint", t_start: float | None = None,
                  rho_start: float | None = None) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
-        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
+        self.set_nfe(nfe)
         self.grid = grid if grid is not None else QuadraticGrid()
         if score_time not in ("midpoint", "start"):
             raise ValueError(f"score_time must be 'midpoint' or 'start' (the CLD paper's code), got {score_time!r}")
@@ -85,32 +86,30 @@ class SSCS(Sampler):
         return 0.5 * (times[:-1] + times[1:]) if self.score_time == "midpoint" else times[:-1]
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
         if not isinstance(process, CLD):
             raise ValueError(f"SSCS is the CLD paper's sampler and needs a CLD process, got {type(process).__name__}")
-        lay = process.layout
-        times = self.times(process, self.nfe - self.denoise_nfe)
+        times = self.times(process)
         plan = self._plan(process, times)
-        c = {k: plan.get(k, u.dtype, u.device) for k in plan.coeffs}
+        E1, N1, Sy, Se, E2, N2 = plan.ops(("E1", "N1", "Sy", "Se", "E2", "N2"), u)
         score_times = self._score_times(times).tolist()
-        y = lay.to_blocks(u)
 
         def z() -> Tensor:
-            return lay.to_blocks(noise.randn(process.state_shape))
+            return noise.randn(process.state_shape)
 
         for i in range(plan.n_steps):
             # Half step of the OU part, exact.
-            y = lay.apply(c["E1"][i], y) + lay.apply(c["N1"][i], z())
+            u = E1[i] @ u + N1[i] @ z()
             # Full Euler step of the score part (score at the mid-point or the step's start time).
-            e = eps(lay.from_blocks(y), score_times[i], i)
-            y = lay.apply(c["Sy"][i], y) + lay.apply(c["Se"][i], lay.to_blocks(e))
-            # Second OU half step.
-            y = lay.apply(c["E2"][i], y)
+            e = eps(u, score_times[i], i)
+            u = Sy[i] @ u + Se[i] @ e
+            # Second OU half step (no noise on the very last one).
+            u = E2[i] @ u
             if i < plan.n_steps - 1:
-                y = y + lay.apply(c["N2"][i], z())
+                u = u + N2[i] @ z()
             if callback is not None:
-                callback({"step": i, "t": times[i + 1].item(), "u": lay.from_blocks(y), "eps": e})
-        return lay.from_blocks(y), times[-1].item(), {"times": times}
+                callback({"step": i, "t": times[i + 1].item(), "u": u, "eps": e})
+        return u, {"times": times}
 
 
 class Ancestral(Sampler):
@@ -130,7 +129,7 @@ class Ancestral(Sampler):
     def __init__(self, nfe: int = 1000, grid: TimeGrid | None = None, t_min: float = 1e-3,
                  denoise: str = "tweedie", t_start: float | None = None, rho_start: float | None = None) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
-        self.nfe = check_int("nfe", nfe, 1 + self.denoise_nfe)
+        self.set_nfe(nfe)
         self.grid = grid if grid is not None else UniformGrid()
 
     def _plan(self, process: ScalarBlockSDE, times: Tensor) -> Plan:
@@ -151,21 +150,19 @@ class Ancestral(Sampler):
         return cached_plan(process, ("ancestral", tuple(times.tolist())), build)
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
-            callback: Callback | None) -> tuple[Tensor, float, dict[str, Any]]:
+            callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
         if not isinstance(process, ScalarBlockSDE):
             raise ValueError("the ancestral sampler needs a scalar-block process (VPSDE or BDM), "
                              f"got {type(process).__name__}; use GDDIM(lambda_=1.0) for others")
-        lay = process.layout
-        times = self.times(process, self.nfe - self.denoise_nfe)
+        times = self.times(process)
         plan = self._plan(process, times)
-        cy, ce, std = (plan.get(k, u.dtype, u.device) for k in ("cy", "ce", "std"))
-        y = lay.to_blocks(u)
+        cy, ce, std = plan.ops(("cy", "ce", "std"), u)
         for i in range(plan.n_steps):
-            e = eps(lay.from_blocks(y), times[i].item(), i)
-            # Posterior mean from the predicted clean signal, then posterior noise.
-            y = lay.apply(cy[i], y) + lay.apply(ce[i], lay.to_blocks(e))
+            e = eps(u, times[i].item(), i)
+            # Posterior mean from the predicted clean signal, then posterior noise (none on the last step).
+            u = cy[i] @ u + ce[i] @ e
             if i < plan.n_steps - 1:
-                y = y + lay.apply(std[i], lay.to_blocks(noise.randn(process.state_shape)))
+                u = u + std[i] @ noise.randn(process.state_shape)
             if callback is not None:
-                callback({"step": i, "t": times[i].item(), "u": lay.from_blocks(y), "eps": e})
-        return lay.from_blocks(y), times[-1].item(), {"times": times}
+                callback({"step": i, "t": times[i].item(), "u": u, "eps": e})
+        return u, {"times": times}

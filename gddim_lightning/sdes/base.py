@@ -24,14 +24,8 @@ import torch
 from torch import Tensor
 
 from .layout import BlockLayout
+from .operators import BlockOp, ProcessOperators, as_time, psd_sqrt
 from .ode import DenseBlockODE, solve_block_ode, solve_pairwise_transitions
-
-
-def as_time(t: Any) -> Tensor:
-    """Times as a float64 CPU tensor (python floats, lists and tensors of any dtype accepted)."""
-    if isinstance(t, Tensor):
-        return t.detach().to(device="cpu", dtype=torch.float64)
-    return torch.as_tensor(t, dtype=torch.float64)
 
 
 def finite_param(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -85,6 +79,8 @@ class LinearSDE:
         self.T = finite_param(type(self).__name__, "T", T, 0.0, low_open=True)
         self._numeric: DenseBlockODE | None = None
         self.plan_cache: dict[tuple, Any] = {}
+        #: the process's quantities as block operators (``process.ops.Psi(t, s) @ u``)
+        self.ops = ProcessOperators(self)
 
     # ------------------------------------------------------------------ shape helpers
     @property
@@ -155,8 +151,7 @@ class LinearSDE:
 
     def G(self, t: Tensor) -> Tensor:
         """A square root of ``G_t G_t^T`` (symmetric PSD square root), for noise injection."""
-        w, V = torch.linalg.eigh(self.GGT(as_time(t)))
-        return (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
+        return psd_sqrt(self.GGT(as_time(t)))
 
     def psi_hat(self, t: Tensor, s: Tensor, lambda_: float) -> Tensor:
         """Transition of ``F + (1 + lambda^2)/2 G G^T Sigma^{-1}`` from ``s`` to ``t`` (gDDIM eq. for
@@ -207,48 +202,35 @@ class LinearSDE:
             kind: ``"R"`` or ``"L"``.
         """
         t = self.check_time(t)
-        lay = self.layout
-        lay.check_state(noise, "noise")
-        psi = lay.view(self.psi(t, torch.zeros_like(t)).to(x0))
-        Kt = lay.view(self.K(t, kind).to(x0))
-        y = lay.apply(psi, lay.to_blocks(lay.lift(x0))) + lay.apply(Kt, lay.to_blocks(noise))
-        return lay.from_blocks(y)
+        self.layout.check_state(noise, "noise")
+        return self.ops.mean(t) @ self.layout.lift(x0) + self.ops.K(t, kind) @ noise
 
     def prior_sample(self, z: Tensor, t: float | None = None) -> Tensor:
         """A draw from the prior ``N(0, Sigma_t)`` as ``R_t z`` for standard normal ``z`` (state shape), at
         ``t`` (default ``T``; a sampler's start time below ``T`` ignores the signal left there)."""
-        lay = self.layout
-        lay.check_state(z, "z")
-        RT = lay.view(self.R(torch.tensor(self.T if t is None else float(t))).to(z))
-        return lay.from_blocks(lay.apply(RT, lay.to_blocks(z)))
+        self.layout.check_state(z, "z")
+        return self.ops.R(self.T if t is None else float(t)) @ z
 
     def eps_to_score(self, eps: Tensor, t: Tensor, kind: str = "R") -> Tensor:
         """``score = -K_t^{-T} eps`` (t of shape ``[B]`` or scalar)."""
-        Kinv_T = torch.linalg.inv(self.K(as_time(t), kind)).transpose(-1, -2)
-        return -self.apply_state(Kinv_T, eps)
+        return -(self.ops.K(t, kind).inv().T @ eps)
 
     def score_to_eps(self, score: Tensor, t: Tensor, kind: str = "R") -> Tensor:
         """``eps = -K_t^T score``."""
-        return -self.apply_state(self.K(as_time(t), kind).transpose(-1, -2), score)
+        return -(self.ops.K(t, kind).T @ score)
 
     def eps_R_to_L(self, eps_R: Tensor, t: Tensor) -> Tensor:
         """Convert an ``R``-parameterised eps to the ``L`` one: ``eps_L = L^T R^{-T} eps_R``."""
-        t = as_time(t)
-        M = self.L(t).transpose(-1, -2) @ torch.linalg.inv(self.R(t)).transpose(-1, -2)
-        return self.apply_state(M, eps_R)
+        return self.ops.eps_change(t, "R", "L") @ eps_R
 
     def eps_L_to_R(self, eps_L: Tensor, t: Tensor) -> Tensor:
         """Inverse of `eps_R_to_L`: ``eps_R = R^T L^{-T} eps_L``."""
-        t = as_time(t)
-        M = self.R(t).transpose(-1, -2) @ torch.linalg.inv(self.L(t)).transpose(-1, -2)
-        return self.apply_state(M, eps_L)
+        return self.ops.eps_change(t, "L", "R") @ eps_L
 
     def apply_state(self, A: Tensor, u: Tensor) -> Tensor:
-        """Applies block coefficients ``A`` (``[n, b, b]`` or one ``[b, b]``, float64) to a state batch
-        ``u [B, *state_shape]``, in ``u``'s dtype and device."""
-        lay = self.layout
-        lay.check_state(u)
-        return lay.from_blocks(lay.apply(lay.view(A.to(u)), lay.to_blocks(u)))
+        """Applies raw block coefficients ``A`` (``[n, b, b]`` or ``[B, n, b, b]``, float64) to a state batch
+        ``u [B, *state_shape]``, in ``u``'s dtype and device (``BlockOp(layout, A) @ u``)."""
+        return BlockOp(self.layout, A) @ u
 
     # ------------------------------------------------------------------ numerics
     def _coeffs_np(self, t: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
