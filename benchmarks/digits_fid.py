@@ -86,9 +86,9 @@ def _all_samplers(process, nfes):
                 ("gDDIM q=3 power3", GDDIM(nfe=n, q=3, grid=PowerGrid(3.0))),
                 ("Euler-Maruyama", EulerMaruyama(nfe=n)), ("Heun (PF)", Heun(nfe=n if n % 2 else n + 1))]
         if isinstance(process, CLD):
-            out += [("gDDIM L q=1", GDDIM(nfe=n, q=1, K="L")),
-                    ("gDDIM L q=1 euler", GDDIM(nfe=n, q=1, K="L", denoise="euler")),
-                    ("gDDIM L q=2", GDDIM(nfe=n, q=2, K="L")),
+            out += [("gDDIM L q=1", GDDIM(nfe=n, q=1, parameterization="L")),
+                    ("gDDIM L q=1 euler", GDDIM(nfe=n, q=1, parameterization="L", denoise="euler")),
+                    ("gDDIM L q=2", GDDIM(nfe=n, q=2, parameterization="L")),
                     ("gDDIM q=2 euler", GDDIM(nfe=n, q=2, denoise="euler")),
                     ("SSCS", SSCS(nfe=n)), ("SSCS (paper)", SSCS(nfe=n, score_time="start"))]
         else:
@@ -372,7 +372,7 @@ def throughput(model, batch: int) -> dict:
 
     sampler = GDDIM(nfe=20, q=1)
     if not _accepts(model, sampler):  # velocity-only CLD network
-        sampler = GDDIM(nfe=20, q=1, K="L", denoise="euler")
+        sampler = GDDIM(nfe=20, q=1, parameterization="L", denoise="euler")
     noise = SampleNoise(range(batch))
     sampler.sample(model.process, timed, noise)  # warm-up: plan build, caches
     net_time[0] = 0.0

@@ -195,9 +195,9 @@ SAMPLERS = [
     SamplerSpec("gddim-sto", "gDDIM stoch. lambda=1", lambda n: GDDIM(n, q=0, lambda_=1.0), stochastic=True,
                 img_max_nfe=500, style=dict(color="#17becf", marker="v", ls="-")),
     # On VP and BDM, L_t = R_t = sigma_t I: the K='L' sampler is the R sampler; run on CLD only.
-    SamplerSpec("gddim-L-o1", "gDDIM q=0 (L)", lambda n: GDDIM(n, q=0, K="L"), applies=is_cld, max_nfe=500,
+    SamplerSpec("gddim-L-o1", "gDDIM q=0 (L)", lambda n: GDDIM(n, q=0, parameterization="L"), applies=is_cld, max_nfe=500,
                 style=dict(color="#8c564b", marker="o", ls=":")),
-    SamplerSpec("gddim-L-o2", "gDDIM q=1 (L)", lambda n: GDDIM(n, q=1, K="L"), applies=is_cld, max_nfe=500,
+    SamplerSpec("gddim-L-o2", "gDDIM q=1 (L)", lambda n: GDDIM(n, q=1, parameterization="L"), applies=is_cld, max_nfe=500,
                 style=dict(color="#e377c2", marker="s", ls=":")),
     SamplerSpec("em", "Euler-Maruyama lambda=1 (uniform)", lambda n: EulerMaruyama(n, lambda_=1.0), stochastic=True,
                 style=dict(color="#2ca02c", marker="D", ls="--")),

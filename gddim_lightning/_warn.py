@@ -19,3 +19,16 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def renamed(owner: str, name: str, value, old_name: str, old_value, default):
+    """The value of keyword ``name`` that replaced ``old_name``: ``value``, or the deprecated ``old_value``
+    with a FutureWarning, or ``default`` when neither is given. A ``value`` other than ``default`` (or
+    ``None``) must agree with ``old_value``."""
+    if old_value is None:
+        return default if value is None else value
+    warn_user(f"{owner}({old_name}=...) is deprecated: it is now called {name} (the same setting). "
+              f"Use {name}={old_value!r}.", FutureWarning)
+    if value is not None and value != default and value != old_value:
+        raise ValueError(f"{owner}: {name}={value!r} and the deprecated {old_name}={old_value!r} disagree; give {name} only")
+    return old_value

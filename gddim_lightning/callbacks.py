@@ -1,24 +1,19 @@
-"""Sampling callback: fixed-seed samples, TensorBoard grids / scatter plots and FID during training.
+"""Sampling callback: fixed-seed samples, TensorBoard grids / scatter plots and a sample metric during training.
 
-`SampleCallback` runs a sampler on the (EMA) model every few epochs or steps and
+Longer than 300 lines: one class whose three concerns (when to sample, per-sample seeding across DDP
+ranks, what to log) share its state; about half the lines are its documentation.
 
-* logs an image grid (``samples/grid``) or a scatter plot (``samples/scatter``) to TensorBoard;
-* logs a sample-quality metric whose name carries the sample count: ``fid_2k`` (FID on the shipped
-  digits feature network, or on Inception with a local weights file) for images, ``fd_2k`` (Frechet
-  distance of raw coordinates) and ``swd_2k`` (sliced Wasserstein) for points;
-* logs ``sample_time_s`` (wall time of the sampling), ``sample_nfe`` and ``sample_count``.
-
-Sample ``k`` always uses seed ``seed + k`` (the module seeds every sample on its own), so a grid or a
-metric is the same for the same weights whatever the batch size or number of devices. Under DDP,
-rank ``r`` draws the samples ``k`` with ``k % world_size == r``; FID states are summed across ranks
-by torchmetrics, point clouds are gathered, and only rank 0 writes to the loggers.
+`SampleCallback` decides when to sample, seeds the samples and logs. What it measures is a
+`SampleMetric` object (`gddim_lightning.evaluation.metrics`); the real data comes from the data
+module's ``reference_data(n)`` (`gddim_lightning.data.batches`). Sample ``k`` always uses seed
+``seed + k``, so a grid or a metric is the same for the same weights whatever the batch size or
+number of devices.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -26,19 +21,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .data.batches import reference_batches
+from .evaluation.metrics import METRICS, NoMetric, SampleMetric, auto_metric, metric_from_name
 from .limits import MAX_BATCH, MAX_SAMPLES
 from .samplers.base import Sampler
 from .visuals import image_grid, points_image
 
 __all__ = ["METRICS", "SampleCallback", "format_count", "image_grid", "metric_name", "points_image"]
 
-#: Accepted values of ``SampleCallback(metric=...)``.
-METRICS = ("auto", "digits", "inception", "points", "none")
 
-_DIGITS_SHAPE = (1, 8, 8)
-
-
-# ---------------------------------------------------------------------------------------- helpers
 def format_count(n: int) -> str:
     """Short sample count for metric names: ``2000 -> '2k'``, ``50000 -> '50k'``, ``500 -> '500'``.
 
@@ -61,26 +52,8 @@ def metric_name(prefix: str, n: int) -> str:
     return f"{prefix}_{format_count(n)}"
 
 
-def _as_float_images(x: Tensor) -> Tensor:
-    """uint8 images in ``[0, 255]`` -> float in ``[-1, 1]``; float images unchanged."""
-    return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x.float()
-
-
-def _first_tensor(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for value in batch.values():
-            if isinstance(value, Tensor):
-                return value
-    raise TypeError(f"cannot find a tensor of data in a training batch of type {type(batch).__name__}")
-
-
-# ---------------------------------------------------------------------------------------- callback
 class SampleCallback(L.Callback):
-    """Sample with fixed seeds during training; log a grid / scatter plot, FID or point metrics.
+    """Sample with fixed seeds during training; log a grid / scatter plot, the metric and timings.
 
     Runs at the end of every ``every_n_epochs``-th training epoch (also when ``max_steps`` stops an
     epoch early, and under ``fast_dev_run``), if set every ``every_n_steps`` optimiser steps, and once
@@ -93,8 +66,7 @@ class SampleCallback(L.Callback):
     * ``samples/grid``: the first ``num_grid`` samples as an image grid (kind ``"images"``), or
       ``samples/scatter``: all ``num_samples`` points over the real ones (kind ``"points"``);
       TensorBoard loggers only, when ``log_grid``.
-    * ``fid_{n}`` (images, metric ``"digits"`` or ``"inception"``), or ``fd_{n}`` and ``swd_{n}``
-      (points, metric ``"points"``).
+    * ``{name}_{n}`` for each value of the metric (``fid_{n}``; ``fd_{n}`` and ``swd_{n}``).
     * ``sample_time_s`` (slowest rank), ``sample_nfe`` (network evaluations per sample) and
       ``sample_count`` (samples drawn over all ranks; equals ``num_samples``).
 
@@ -103,10 +75,9 @@ class SampleCallback(L.Callback):
     ``save_on_train_epoch_end=True`` / ``check_on_train_epoch_end=True``: validation ends before the
     training epoch does).
 
-    Real statistics are computed once, on the first evaluation, from the data module's unaugmented
-    ``train_x`` / ``train_data`` tensor if it has one, else from its ``train_dataloader()``, up to
-    ``num_real`` items (digits without a data module: ``load_digits_split("train")``). The FID
-    metric is kept on the callback (never in checkpoints) with ``reset_real_features=False``.
+    Real statistics are computed once, on the first evaluation, from up to ``num_real`` items of the
+    data module's ``reference_data(n)`` (or its ``train_dataloader()``; see `reference_batches`). The
+    metric is kept on the callback, never in checkpoints.
 
     Args:
         every_n_epochs: evaluate at the end of every n-th training epoch; 0 disables.
@@ -114,12 +85,13 @@ class SampleCallback(L.Callback):
         num_grid: number of images in the grid (the first ``num_grid`` seeds).
         seed: seed of sample 0; sample ``k`` uses ``seed + k``.
         sampler: sampler to run; default the module's ``sampler``.
-        metric: ``"auto"`` (digits feature net for ``data_shape == (1, 8, 8)``, points metrics for
-            flat data, Inception FID for other images when ``inception_weights`` is given, else no
-            metric with a warning), ``"digits"``, ``"inception"``, ``"points"`` or ``"none"``.
-        inception_weights: local path of the FID Inception weights
-            (``pt_inception-2015-12-05-6726825d.pth``; needs the ``inception`` extra). When given, it
-            is used for all images (including digits) under ``"auto"``.
+        metric: a `SampleMetric` (`DigitsFID`, `InceptionFID`, `PointsMetric`, `NoMetric`, ...). Unset
+            (None): chosen from the data by `auto_metric` (points metrics for points, Inception FID
+            when ``inception_weights`` is given, digits FID for 8x8 digits, else none with a warning).
+            The strings ``"auto"``, ``"digits"``, ``"inception"``, ``"points"``, ``"none"`` still work
+            but are deprecated (FutureWarning).
+        inception_weights: local path of the FID Inception weights, for the automatic choice and the
+            ``"inception"`` shorthand only; otherwise give ``InceptionFID(weights_path=...)``.
         num_real: at most this many real items for the reference statistics.
         batch_size: sampling (and feature extraction) batch size per rank.
         use_ema: sample the EMA weights (else the online network).
@@ -130,8 +102,8 @@ class SampleCallback(L.Callback):
             its FID).
 
     Raises:
-        ValueError: for an unknown ``metric``, non-positive counts, or ``metric="inception"`` without
-            ``inception_weights``.
+        ValueError: for an unknown ``metric`` name, non-positive counts, ``metric="inception"`` without
+            ``inception_weights``, or ``inception_weights`` next to a metric object.
     """
 
     def __init__(
@@ -141,7 +113,7 @@ class SampleCallback(L.Callback):
         num_grid: int = 64,
         seed: int = 0,
         sampler: Sampler | None = None,
-        metric: str = "auto",
+        metric: SampleMetric | str | None = None,
         inception_weights: str | None = None,
         num_real: int = 50000,
         batch_size: int = 500,
@@ -151,15 +123,6 @@ class SampleCallback(L.Callback):
         at_end: bool = True,
     ) -> None:
         super().__init__()
-        if metric not in METRICS:
-            raise ValueError(f"SampleCallback(metric={metric!r}): choose one of {', '.join(METRICS)}")
-        if metric == "inception" and not inception_weights:
-            from .evaluation.inception import _WEIGHTS_NAME
-
-            raise ValueError(
-                "SampleCallback(metric='inception') needs inception_weights=<local path of "
-                f"{_WEIGHTS_NAME}>; the weights are never downloaded at run time (see make_inception_fid)"
-            )
         for name, value, low in (("every_n_epochs", every_n_epochs, 0), ("num_samples", num_samples, 1),
                                  ("num_grid", num_grid, 0), ("num_real", num_real, 2), ("batch_size", batch_size, 1)):
             if isinstance(value, bool) or int(value) != value or int(value) < low:
@@ -169,6 +132,14 @@ class SampleCallback(L.Callback):
                 raise ValueError(f"SampleCallback({name}={value!r}) must be at most {high} (gddim_lightning.limits)")
         if every_n_steps is not None and int(every_n_steps) < 0:
             raise ValueError(f"SampleCallback(every_n_steps={every_n_steps!r}) must be >= 0 or None")
+        if isinstance(metric, str):
+            metric = metric_from_name(metric, inception_weights, "SampleCallback")
+        elif metric is not None and inception_weights:
+            raise ValueError("SampleCallback(inception_weights=...) only applies when no metric is given; "
+                             "use metric: InceptionFID(weights_path=...) instead")
+        elif metric is not None and not isinstance(metric, SampleMetric):
+            raise TypeError(f"SampleCallback(metric=...) must be a gddim_lightning.evaluation.SampleMetric, "
+                            f"got {type(metric).__name__}")
         self.every_n_epochs = int(every_n_epochs)
         self.every_n_steps = int(every_n_steps or 0)
         self.at_end = bool(at_end)
@@ -176,7 +147,8 @@ class SampleCallback(L.Callback):
         self.num_grid = int(num_grid)
         self.seed = int(seed)
         self.sampler = sampler
-        self.metric = metric
+        self.metric: SampleMetric | None = metric  # None until chosen from the data (auto_metric)
+        self._auto = metric is None
         self.inception_weights = inception_weights
         self.num_real = int(num_real)
         self.batch_size = int(batch_size)
@@ -185,11 +157,8 @@ class SampleCallback(L.Callback):
         self.last_metrics: dict[str, float] = {}
         self.last_image: Tensor | None = None
         self.last_image_tag = "samples/grid"
-        self._fid: Any = None
-        self._fid_kind: str | None = None
-        self._real_points: Tensor | None = None
-        self._real_key: tuple[int, int] | None = None  # (world_size, rank) the real stats were made for
-        self._warned = False
+        self._real_points: Tensor | None = None  # for the scatter plot
+        self._real_key: tuple[int, int] | None = None  # (world_size, rank) the metric's real stats were made for
         self._last_step = -1
 
     # ------------------------------------------------------------------ configuration
@@ -200,48 +169,24 @@ class SampleCallback(L.Callback):
             return kind
         return "points" if len(pl_module.data_shape) == 1 else "images"
 
-    def resolve_metric(self, data_shape: tuple[int, ...], kind: str) -> str:
-        """The metric actually used: ``"digits"``, ``"inception"``, ``"points"`` or ``"none"``."""
-        if self.metric != "auto":
-            return self.metric
-        if kind == "points":
-            return "points"
-        if self.inception_weights:
-            return "inception"
-        if tuple(data_shape) == _DIGITS_SHAPE:
-            return "digits"
-        return "none"
-
-    def _build_fid(self, kind: str, pl_module: L.LightningModule) -> None:
-        if self._fid is not None and self._fid_kind == kind:
-            return
-        if kind == "digits":
-            from .evaluation import make_digits_fid
-
-            if tuple(pl_module.data_shape) != _DIGITS_SHAPE:
-                raise ValueError(f"SampleCallback(metric='digits') needs 8x8 digits (data_shape {_DIGITS_SHAPE}), "
-                                 f"got {tuple(pl_module.data_shape)}; use metric='inception' or 'points'")
-
-            self._fid = make_digits_fid(reset_real_features=False)
-        else:
-            from .evaluation import make_inception_fid
-
-            channels = pl_module.data_shape[0]
-            if len(pl_module.data_shape) != 3 or channels not in (1, 3):
-                raise ValueError(f"Inception FID needs 1- or 3-channel images, the data shape is {pl_module.data_shape}")
-            self._fid = make_inception_fid(self.inception_weights, reset_real_features=False)
-        self._fid_kind = kind
-        self._real_key = None
+    def resolve_metric(self, data_shape: tuple[int, ...], kind: str) -> SampleMetric:
+        """The metric used for this data: the one given, or (once) `auto_metric`'s choice; shape checked."""
+        if self.metric is None:
+            self.metric = auto_metric(tuple(data_shape), kind, self.inception_weights)
+            if self._auto and isinstance(self.metric, NoMetric):
+                rank_zero_warn(f"SampleCallback: no sample metric for these images (data_shape {tuple(data_shape)}); "
+                               "give metric: {class_path: gddim_lightning.evaluation.InceptionFID, init_args: "
+                               "{weights_path: <path>}} (or inception_weights=<path>) for Inception FID")
+        self.metric.check_shape(tuple(data_shape))
+        return self.metric
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Builds the FID metric early, so a missing weights file or extra fails before training."""
+        """Checks the sampler and the metric against the model before training."""
         if stage != "fit":
             return
         if self.sampler is not None and hasattr(pl_module, "check_sampler"):  # before training, not after it
             pl_module.check_sampler(self.sampler, "SampleCallback.sampler")
-        chosen = self.resolve_metric(pl_module.data_shape, self._kind(pl_module, trainer.datamodule))
-        if chosen in ("digits", "inception"):
-            self._build_fid(chosen, pl_module)
+        self.resolve_metric(pl_module.data_shape, self._kind(pl_module, trainer.datamodule))
 
     # ------------------------------------------------------------------ hooks
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -298,14 +243,8 @@ class SampleCallback(L.Callback):
         if datamodule is None and trainer is not None:
             datamodule = trainer.datamodule
         kind = self._kind(pl_module, datamodule)
-        chosen = self.resolve_metric(pl_module.data_shape, kind)
-        if chosen == "none" and not self._warned:
-            rank_zero_warn("SampleCallback: no sample metric for these images (data_shape "
-                           f"{pl_module.data_shape}); set inception_weights=<path> for Inception FID")
-            self._warned = True
-        if chosen in ("digits", "inception"):
-            self._build_fid(chosen, pl_module)
-        self._prepare_real(chosen, pl_module, datamodule, world, rank)
+        metric = self.resolve_metric(pl_module.data_shape, kind).to(pl_module.device)
+        self._prepare_real(metric, kind, pl_module, datamodule, world, rank)
 
         n_grid = self.num_grid if (self.log_grid and kind == "images") else 0
         n_draw = max(self.num_samples, n_grid)
@@ -334,18 +273,14 @@ class SampleCallback(L.Callback):
             stats = trainer.strategy.reduce(stats, reduce_op="max")
             count = trainer.strategy.reduce(count, reduce_op="sum")
         metrics: dict[str, float] = {}
-
-        n_metric_local = len(range(rank, self.num_samples, world))
-        if chosen in ("digits", "inception"):
-            metrics[metric_name("fid", self.num_samples)] = self._fid_value(local[:n_metric_local], pl_module)
-        all_points = None
-        if kind == "points" or chosen == "points":
-            all_points = self._gather_ordered(pl_module, local[:n_metric_local], self.num_samples, world).cpu()
-        if chosen == "points":
-            from .evaluation import frechet_distance, sliced_wasserstein
-
-            metrics[metric_name("fd", self.num_samples)] = frechet_distance(all_points, self._real_points)
-            metrics[metric_name("swd", self.num_samples)] = sliced_wasserstein(all_points, self._real_points)
+        if metric.names:
+            mine = local[: len(range(rank, self.num_samples, world))]
+            metric.reset()
+            for start in range(0, mine.shape[0], self.batch_size):
+                metric.update_fake(mine[start : start + self.batch_size])
+            values = metric.compute()  # every rank calls compute: the ranks are combined
+            metric.reset()
+            metrics.update({metric_name(name, self.num_samples): float(v) for name, v in values.items()})
         metrics["sample_time_s"] = float(stats[1])
         metrics["sample_nfe"] = float(stats[0])
         metrics["sample_count"] = float(count[0])
@@ -356,8 +291,10 @@ class SampleCallback(L.Callback):
                 grid = self._gather_ordered(pl_module, local[: len(range(rank, n_grid, world))], n_grid, world)
                 self.last_image = image_grid(grid) if rank == 0 else None
                 self.last_image_tag = "samples/grid"
-            elif kind == "points" and rank == 0:
-                self.last_image = points_image(all_points, self._real_points)
+            elif kind == "points":
+                points = local[: len(range(rank, self.num_samples, world))]
+                points = self._gather_ordered(pl_module, points, self.num_samples, world).cpu()
+                self.last_image = points_image(points, self._real_points) if rank == 0 else None
                 self.last_image_tag = "samples/scatter"
         self.last_metrics = metrics
         return metrics
@@ -372,67 +309,30 @@ class SampleCallback(L.Callback):
         gathered = pl_module.all_gather(padded)  # [W, m, ...]
         return gathered.transpose(0, 1).reshape(m * world, *local.shape[1:])[:n]
 
-    def _fid_value(self, local: Tensor, pl_module: L.LightningModule) -> float:
-        """FID of this rank's samples plus the others' (torchmetrics sums the states on compute)."""
-        fid = self._fid.to(pl_module.device)
-        fid.reset()  # fake statistics only (reset_real_features=False)
-        for start in range(0, local.shape[0], self.batch_size):
-            fid.update(self._fid_input(local[start : start + self.batch_size]), real=False)
-        value = float(fid.compute())  # every rank calls compute: the states are synced
-        fid.reset()
-        return value
-
-    def _fid_input(self, x: Tensor) -> Tensor:
-        if self._fid_kind == "inception":
-            from .evaluation import to_uint8_images
-
-            x = to_uint8_images(_as_float_images(x))
-            return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return _as_float_images(x)
-
-    # ------------------------------------------------------------------ real statistics
-    def _real_chunks(self, pl_module: L.LightningModule, datamodule: Any) -> Iterator[Tensor]:
-        """Real items (float, images in [-1, 1]) in a fixed order, in chunks, at most ``num_real``."""
-        if datamodule is None:
-            if tuple(pl_module.data_shape) != _DIGITS_SHAPE:
-                raise ValueError("SampleCallback needs a data module (trainer.datamodule or datamodule=...) "
-                                 "for the real statistics")
-            from .data import load_digits_split
-
-            data = load_digits_split("train")[0]
-        else:
-            names = [name for name in ("train_x", "train_data") if hasattr(datamodule, name)]
-            if names and all(getattr(datamodule, name) is None for name in names):
-                datamodule.setup("fit")
-            data = next((getattr(datamodule, n) for n in names if isinstance(getattr(datamodule, n), Tensor)), None)
-        if data is not None:
-            for start in range(0, min(self.num_real, data.shape[0]), self.batch_size):
-                stop = min(start + self.batch_size, self.num_real)
-                yield _as_float_images(data[start:stop])
+    # ------------------------------------------------------------------ real data
+    def _prepare_real(self, metric: SampleMetric, kind: str, pl_module: L.LightningModule, datamodule: Any,
+                      world: int, rank: int) -> None:
+        """Feeds the metric this rank's share of the real items (once per world size and rank) and keeps
+        all of them for the scatter plot."""
+        need_metric = bool(metric.names) and self._real_key != (world, rank)
+        need_points = self.log_grid and kind == "points" and self._real_points is None and datamodule is not None
+        if not (need_metric or need_points):
             return
-        seen = 0
-        for batch in datamodule.train_dataloader():
-            x = _first_tensor(batch)[: self.num_real - seen]
-            seen += x.shape[0]
-            yield _as_float_images(x)
-            if seen >= self.num_real:
-                return
-
-    def _prepare_real(self, chosen: str, pl_module: L.LightningModule, datamodule: Any, world: int, rank: int) -> None:
-        if chosen in ("digits", "inception"):
-            if self._real_key == (world, rank):
-                return
-            fid = self._fid.to(pl_module.device)
-            fid.reset_real_features = True
-            fid.reset()
-            fid.reset_real_features = False
-            index = 0
-            for chunk in self._real_chunks(pl_module, datamodule):
+        if datamodule is None:
+            raise ValueError(f"SampleCallback: the metric {type(metric).__name__} needs real data; fit with a data "
+                             "module, or pass evaluate(..., datamodule=...)")
+        if need_metric:
+            metric.reset_real()
+        index, points = 0, []
+        for chunk in reference_batches(datamodule, self.num_real, self.batch_size):
+            if need_points:
+                points.append(chunk.cpu())
+            if need_metric:
                 mine = [i for i in range(chunk.shape[0]) if (index + i) % world == rank]  # rank's share
-                index += chunk.shape[0]
                 if mine:
-                    fid.update(self._fid_input(chunk[mine].to(pl_module.device)), real=True)
+                    metric.update_real(chunk[mine].to(pl_module.device))
+            index += chunk.shape[0]
+        if need_metric:
             self._real_key = (world, rank)
-        elif chosen == "points" or (self.log_grid and self._kind(pl_module, datamodule) == "points"):
-            if self._real_points is None and (datamodule is not None or chosen == "points"):
-                self._real_points = torch.cat(list(self._real_chunks(pl_module, datamodule))).cpu()
+        if need_points:
+            self._real_points = torch.cat(points)

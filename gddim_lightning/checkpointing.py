@@ -15,16 +15,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from ._lightning_private import monitor_candidates, save_last_checkpoint, should_skip_saving_checkpoint
 from .files import atomic_write
+from .signals import SignalHandlers
 
 __all__ = ["AtomicCheckpointIO", "FinalModelCheckpoint", "InterruptCheckpoint", "TrainingInterrupted",
            "atomic_torch_save"]
@@ -54,8 +55,8 @@ class FinalModelCheckpoint(ModelCheckpoint):
     """
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and not should_skip_saving_checkpoint(self, trainer):
+            save_last_checkpoint(self, trainer, monitor_candidates(self, trainer))
             return
         super().on_train_end(trainer, pl_module)
 
@@ -91,12 +92,12 @@ class InterruptCheckpoint(Callback):
     def __init__(self, filename: str | None = None) -> None:
         self.filename = filename
         self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._signals = SignalHandlers(self._handler)
 
     # ------------------------------------------------------------------ signal handling
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # second signal: abort now
-            self._restore()
+            self._signals.restore()
             if signum == signal.SIGTERM:  # not Lightning's handler, which would wait for the step end
                 signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)  # SIGINT: KeyboardInterrupt, Lightning exits with status 1
@@ -105,27 +106,15 @@ class InterruptCheckpoint(Callback):
         print(f"\n{signal.Signals(signum).name} received: finishing the current training step, then writing "
               "a checkpoint (send it again to abort without one)", file=sys.stderr, flush=True)
 
-    def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handler)
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.signum = None
-        self._install()
+        self._signals.install()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore()
+        self._signals.restore()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore()
+        self._signals.restore()
 
     # ------------------------------------------------------------------ stopping
     def _requested(self, trainer: Trainer) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._warn import renamed
 from .sdes.base import LinearSDE, as_time
 
 _MAX_DENSE_DIM = 4096
@@ -55,9 +56,10 @@ class GaussianMixture:
         z = torch.randn((n, *self.data_shape), generator=generator, dtype=torch.float64)
         return self.means[k] + self.stds[k] * z
 
-    def eps_fn(self, process: LinearSDE, kind: str = "R"):
-        """The exact ``eps(u, t)`` under ``process`` (``K_t = R_t`` or ``L_t``)."""
-        return MixtureEps(self, process, kind)
+    def eps_fn(self, process: LinearSDE, parameterization: str = "R", *, kind: str | None = None):
+        """The exact ``eps(u, t)`` under ``process`` (``parameterization``: ``K_t = R_t`` or ``L_t``; ``kind``
+        is its deprecated name)."""
+        return MixtureEps(self, process, renamed("eps_fn", "parameterization", parameterization, "kind", kind, "R"))
 
 
 class PointMass(GaussianMixture):
@@ -80,13 +82,15 @@ class Gaussian(GaussianMixture):
 class MixtureEps:
     """Callable ``eps(u, t)`` of a `GaussianMixture` under a process (cached per time)."""
 
-    def __init__(self, mixture: GaussianMixture, process: LinearSDE, kind: str = "R") -> None:
+    def __init__(self, mixture: GaussianMixture, process: LinearSDE, parameterization: str = "R", *,
+                 kind: str | None = None) -> None:
+        parameterization = renamed("MixtureEps", "parameterization", parameterization, "kind", kind, "R")
         if mixture.data_shape != process.data_shape:
             raise ValueError(f"mixture data_shape {mixture.data_shape} != process data_shape {process.data_shape}")
         lay = process.layout
         if lay.state_dim > _MAX_DENSE_DIM:
             raise ValueError(f"oracles are dense in the state dimension; {lay.state_dim} > {_MAX_DENSE_DIM}")
-        self.mixture, self.process, self.kind = mixture, process, kind
+        self.mixture, self.process, self.parameterization = mixture, process, parameterization
         K = mixture.means.shape[0]
         self.lift_means = lay.lift(mixture.means).reshape(K, -1)  # [K, D]
         self.lift_vars = lay.lift(mixture.stds**2).reshape(K, -1)  # [K, D] diagonal of lift(S_k)
@@ -95,7 +99,7 @@ class MixtureEps:
     def _at(self, t: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if t not in self._cache:
             ops = self.process.ops
-            Psi, Sig, Kt = ops.mean(t).dense(), ops.Sigma(t).dense(), ops.K(t, self.kind).dense()
+            Psi, Sig, Kt = ops.mean(t).dense(), ops.Sigma(t).dense(), ops.K(t, self.parameterization).dense()
             m = self.lift_means @ Psi.T  # [K, D]
             C = Sig + (Psi.unsqueeze(0) * self.lift_vars.unsqueeze(1)) @ Psi.T  # [K, D, D]
             chol = torch.linalg.cholesky(0.5 * (C + C.transpose(-1, -2)))

@@ -1,5 +1,8 @@
 """`SampleWriter`: writes what ``predict`` samples to a folder, never over earlier outputs.
 
+Longer than 300 lines: one class (claiming the folder, writing shards, merging them on rank 0,
+cleaning up on a signal) whose steps share its state; the file formats live in `sample_files`.
+
 Layout of ``out_dir`` after ``predict`` (``W`` ranks):
 
 * ``samples_rank{r}.npz`` for ``r < W`` (always): ``samples`` float32 ``[n_r, *data_shape]`` and
@@ -25,16 +28,11 @@ such a folder is refused.
 
 from __future__ import annotations
 
-
-import hashlib
 import json
 import os
 import platform
-import re
-import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -47,58 +45,16 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from .files import atomic_write
-from .visuals import image_grid
 from ._warn import warn_user
+from .files import atomic_write
+from .sample_files import (
+    FORMATS, OUTPUT_RE, check_out_dir, find_outputs, load_samples, owned_outputs, parse_formats, save_png,
+    scatter_png, sha256, swap_in, to_uint8, version,
+)
+from .signals import SignalHandlers
+from .visuals import image_grid
 
 __all__ = ["FORMATS", "PredictInterrupted", "SampleWriter", "find_outputs", "load_samples", "owned_outputs", "to_uint8"]
-
-FORMATS: tuple[str, ...] = ("npz", "png", "grid")
-_OUTPUT_RE = re.compile(r"^(meta\.json|grid\.png|samples_rank\d+\.npz|\d{6,}\.png)$")
-
-
-def find_outputs(out_dir: str | os.PathLike) -> list[Path]:
-    """Files in ``out_dir`` that a `SampleWriter` writes (meta, shards, grid, per-seed PNGs), sorted."""
-    d = Path(out_dir)
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if _OUTPUT_RE.match(p.name) and p.is_file())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _own_meta(path: Path) -> dict[str, Any] | None:
-    """``meta.json`` written by this writer (it lists its outputs), else ``None``."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("outputs"), dict) or \
-            "gddim_lightning" not in (meta.get("versions") or {}):
-        return None
-    return meta
-
-
-def owned_outputs(out_dir: str | os.PathLike) -> list[Path]:
-    """The files of ``out_dir`` an earlier predict run recorded in its ``meta.json`` as its outputs and
-    that are unchanged since (same SHA-256), ``meta.json`` included: the only files ``overwrite`` may
-    replace or remove."""
-    d = Path(out_dir)
-    meta = _own_meta(d / "meta.json")
-    if meta is None:
-        return []
-    owned = [d / "meta.json"]
-    for name, digest in meta["outputs"].items():
-        p = d / str(name)
-        if p.parent == d and p.is_file() and _sha256(p) == digest:
-            owned.append(p)
-    return sorted(owned)
 
 
 class PredictInterrupted(Exception):
@@ -111,85 +67,6 @@ class PredictInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
-
-
-def load_samples(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenates every ``samples_rank*.npz`` of ``out_dir``, sorted by seed.
-
-    Returns:
-        ``(samples, seeds)``: float32 ``[N, *data_shape]`` and int64 ``[N]``.
-    """
-    shards = sorted(Path(out_dir).glob("samples_rank*.npz"))
-    if not shards:
-        raise FileNotFoundError(f"no samples_rank*.npz in {str(out_dir)!r}; run predict with this out_dir first")
-    xs, ss = [], []
-    for p in shards:
-        with np.load(p) as z:
-            xs.append(z["samples"])
-            ss.append(z["seeds"])
-    x, s = np.concatenate(xs), np.concatenate(ss)
-    order = np.argsort(s, kind="stable")
-    return x[order], s[order]
-
-
-def to_uint8(images: Tensor | np.ndarray) -> np.ndarray:
-    """Maps images ``[..., C, H, W]`` in [-1, 1] to uint8 ``[..., H, W, C]`` (clipped, rounded)."""
-    x = torch.as_tensor(images, dtype=torch.float32)
-    x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).numpy()
-
-
-def _pil_image(img: np.ndarray):  # [H, W, C] uint8
-    from PIL import Image
-
-    return Image.fromarray(np.ascontiguousarray(img[..., 0] if img.shape[-1] == 1 else img))
-
-
-def _save_png(path: Path, img: np.ndarray) -> None:
-    atomic_write(path, lambda f: _pil_image(img).save(f, format="PNG"))
-
-
-def _scatter_png(path: Path, points: np.ndarray, title: str) -> bool:
-    """Scatter (or, for 1-D data, histogram) PNG via matplotlib; False if matplotlib is missing."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return False
-    fig = Figure(figsize=(5, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    if points.shape[1] >= 2:
-        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, linewidths=0)
-        ax.set_aspect("equal", adjustable="datalim")
-    else:
-        ax.hist(points[:, 0], bins=100)
-    ax.set_title(title, fontsize=9)
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    return True
-
-
-def _names(paths: Sequence[Path]) -> str:
-    return ", ".join(p.name for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
-
-
-def _parse_formats(fmt: str | Sequence[str]) -> tuple[str, ...]:
-    items = fmt.split(",") if isinstance(fmt, str) else list(fmt)
-    items = [str(s).strip().lower() for s in items if str(s).strip()]
-    bad = [s for s in items if s not in FORMATS]
-    if bad:
-        raise ValueError(f"predict.format: unknown format(s) {bad}; choose from {list(FORMATS)} "
-                         "(a list or a comma-separated string, e.g. 'npz,png')")
-    return tuple(s for s in FORMATS if s in items or s == "npz")  # npz shards are always written
-
-
-def _version(dist: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:
-        return "unknown"
 
 
 class SampleWriter(BasePredictionWriter):
@@ -223,7 +100,7 @@ class SampleWriter(BasePredictionWriter):
     ) -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
-        self.formats = _parse_formats(format)
+        self.formats = parse_formats(format)
         self.overwrite = bool(overwrite)
         if int(grid_size) < 1:
             raise ValueError(f"predict.grid_size must be >= 1, got {grid_size}")
@@ -231,7 +108,7 @@ class SampleWriter(BasePredictionWriter):
         self.extra_meta = dict(meta or {})
         self.staging: Path | None = None
         self.last_meta: dict[str, Any] | None = None  # meta.json of the last finished run (rank 0)
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = SignalHandlers(self._handler)
         self._reset()
 
     def _reset(self) -> None:
@@ -244,30 +121,7 @@ class SampleWriter(BasePredictionWriter):
     def check_out_dir(self) -> None:
         """Raises FileExistsError if ``out_dir`` is a file, is not writable, holds outputs and
         ``overwrite`` is False, or holds files under output names that no earlier run recorded."""
-        where = f"predict.out_dir={str(self.out_dir)!r}"
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise FileExistsError(f"{where} is a file, not a folder; choose a folder for --predict.out_dir")
-        existing = next((p for p in [self.out_dir, *self.out_dir.absolute().parents] if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-            raise FileExistsError(f"{where}: {str(existing)!r} is not writable; choose another --predict.out_dir")
-        found = find_outputs(self.out_dir)
-        if not found:
-            return
-        names = _names(found)
-        if not self.overwrite:
-            raise FileExistsError(
-                f"{where} already holds samples of an earlier run ({len(found)} file(s): {names}); refusing to "
-                "overwrite them. Choose another --predict.out_dir, or pass --predict.overwrite true "
-                "(SampleWriter(overwrite=True)) to replace the files that run recorded in its meta.json."
-            )
-        owned = set(owned_outputs(self.out_dir))
-        foreign = [p for p in found if p not in owned]
-        if foreign:
-            raise FileExistsError(
-                f"{where} holds {len(foreign)} file(s) under output names that no earlier predict run recorded in "
-                f"its meta.json, or that changed since ({_names(foreign)}); predict never overwrites or deletes "
-                "them, even with --predict.overwrite true. Move them away or choose another --predict.out_dir."
-            )
+        check_out_dir(self.out_dir, self.overwrite)
 
     def _check_data(self, data_shape: Sequence[int]) -> None:
         shape = tuple(data_shape)
@@ -308,23 +162,11 @@ class SampleWriter(BasePredictionWriter):
     # ------------------------------------------------------------------ writing
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
-        self._install_handlers()
-
-    def _install_handlers(self) -> None:
-        """SIGINT and SIGTERM stop sampling at once (`PredictInterrupted`), leaving earlier outputs intact."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous_handlers[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handler)
-
-    def _restore_handlers(self) -> None:
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
-        self._previous_handlers = {}
+        self._signals.install()
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self._restore_handlers()  # a second signal acts as it would without this writer
+        """SIGINT and SIGTERM stop sampling at once (`PredictInterrupted`), leaving earlier outputs intact."""
+        self._signals.restore()  # a second signal acts as it would without this writer
         raise PredictInterrupted(signum)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
@@ -342,7 +184,7 @@ class SampleWriter(BasePredictionWriter):
         self._nfe = max(self._nfe, int(prediction.get("nfe", 0)))
         if "png" in self.formats:
             for img, seed in zip(to_uint8(x), s.tolist()):
-                _save_png(self._dir / f"{seed:06d}.png", img)
+                save_png(self._dir / f"{seed:06d}.png", img)
         self._samples.append(x)
         self._seeds.append(s)
 
@@ -371,7 +213,7 @@ class SampleWriter(BasePredictionWriter):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Keeps what was sampled (a shard of this rank's finished samples, in the staging folder) and says
         where it is and that the earlier outputs are untouched."""
-        self._restore_handlers()
+        self._signals.restore()
         if self.staging is None or not self.staging.is_dir():
             return
         kept = "nothing"
@@ -388,7 +230,7 @@ class SampleWriter(BasePredictionWriter):
                   "(delete it when you no longer need it).", file=sys.stderr, flush=True)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
+        self._signals.restore()
         rank, world = trainer.global_rank, trainer.world_size
         x = self._write_shard(rank, pl_module)
         s = self._local()[1]
@@ -409,11 +251,11 @@ class SampleWriter(BasePredictionWriter):
             hx = hx[first] if points else hx[first][: self.grid_size]
             title = f"{len(hx)} samples, {type(getattr(pl_module, 'sampler', None)).__name__}, NFE {nfe}"
             if points:
-                if not _scatter_png(self._dir / "grid.png", hx, title):
+                if not scatter_png(self._dir / "grid.png", hx, title):
                     warn_user("matplotlib is not installed: grid.png (scatter plot) skipped")
             else:
                 grid = image_grid(torch.as_tensor(hx), min_size=64, padding=2, pad_value=0.5)
-                _save_png(self._dir / "grid.png", to_uint8(grid * 2.0 - 1.0))
+                save_png(self._dir / "grid.png", to_uint8(grid * 2.0 - 1.0))
         sampler = getattr(pl_module, "sampler", None)
         ckpt = trainer.ckpt_path
         meta = {
@@ -436,7 +278,7 @@ class SampleWriter(BasePredictionWriter):
             "use_ema": True,
             "identity": pl_module.identity() if hasattr(pl_module, "identity") else None,
             "versions": {
-                "gddim_lightning": _version("gddim-lightning"),
+                "gddim_lightning": version("gddim-lightning"),
                 "torch": torch.__version__,
                 "lightning": L.__version__,
                 "numpy": np.__version__,
@@ -446,30 +288,17 @@ class SampleWriter(BasePredictionWriter):
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **self.extra_meta,
         }
-        new_files = sorted(p for p in self._dir.iterdir() if p.is_file() and _OUTPUT_RE.match(p.name))
-        meta["outputs"] = {p.name: _sha256(p) for p in new_files if p.name != "meta.json"}
+        new_files = sorted(p for p in self._dir.iterdir() if p.is_file() and OUTPUT_RE.match(p.name))
+        meta["outputs"] = {p.name: sha256(p) for p in new_files if p.name != "meta.json"}
         text = json.dumps(meta, indent=2) + "\n"
         atomic_write(self._dir / "meta.json", lambda f: f.write(text.encode()))
         self._swap_in(new_files)
         self.last_meta = meta
 
     def _swap_in(self, new_files: list[Path]) -> None:
-        """Moves the complete new outputs from the staging folder into ``out_dir`` (``meta.json`` last),
-        after removing the earlier run's recorded outputs that the new run does not replace."""
+        """Moves the complete new outputs from the staging folder into ``out_dir`` (`swap_in`)."""
         assert self.staging is not None
-        names = {p.name for p in new_files} | {"meta.json"}
-        owned = owned_outputs(self.out_dir)
-        foreign = [p for p in find_outputs(self.out_dir) if p not in set(owned) and p.name in names]
-        if foreign:  # appeared while sampling: never overwrite a file this writer did not write
-            raise FileExistsError(
-                f"files appeared in predict.out_dir={str(self.out_dir)!r} while sampling ({_names(foreign)}); they "
-                f"are kept, and the new outputs stay in {str(self.staging)!r}")
-        for p in owned:
-            if p.name not in names:
-                p.unlink()
-        for p in [*new_files, self.staging / "meta.json"]:  # meta.json last: it vouches for the rest
-            os.replace(p, self.out_dir / p.name)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        swap_in(self.out_dir, self.staging, new_files)
         self.staging = None
 
     @staticmethod

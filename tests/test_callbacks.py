@@ -13,11 +13,14 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import read_events
 
 from gddim_lightning.callbacks import SampleCallback, format_count, image_grid, metric_name, points_image
-from gddim_lightning.data import DigitsDataModule, ToyDataModule
+from gddim_lightning.data import DigitsDataModule, ToyDataModule, load_digits_split
+from gddim_lightning.evaluation import DigitsFID, InceptionFID, NoMetric, PointsMetric, auto_metric
+from gddim_lightning.evaluation import metrics as metrics_module
 from gddim_lightning.module import DiffusionModule
 from gddim_lightning.nets import MLP, UNet
 from gddim_lightning.samplers import GDDIM
@@ -83,15 +86,42 @@ def test_bad_arguments_are_clear():
         SampleCallback(metric="fidd")
     with pytest.raises(ValueError, match="num_samples"):
         SampleCallback(num_samples=0)
-    # A missing weights file fails at setup (before training), with make_inception_fid's message.
-    cb = SampleCallback(metric="inception", inception_weights="/nonexistent/pt_inception.pth")
-    dm = DigitsDataModule()
+    with pytest.raises(ValueError, match="inception_weights"):
+        SampleCallback(metric=PointsMetric(), inception_weights="w.pth")
+    with pytest.raises(TypeError, match="SampleMetric"):
+        SampleCallback(metric=42)
+    # A missing weights file fails when the metric is built (before training), with make_inception_fid's message.
     with pytest.raises(FileNotFoundError, match="no file at"):
-        cb.setup(SimpleNamespace(datamodule=dm), digits_module(), "fit")
-    assert SampleCallback().resolve_metric((1, 8, 8), dm.kind) == "digits"
-    assert SampleCallback().resolve_metric((2,), "points") == "points"
-    assert SampleCallback().resolve_metric((3, 32, 32), "images") == "none"
-    assert SampleCallback(inception_weights="w.pth").resolve_metric((3, 32, 32), "images") == "inception"
+        InceptionFID("/nonexistent/pt_inception.pth")
+    with pytest.warns(FutureWarning), pytest.raises(FileNotFoundError, match="no file at"):
+        SampleCallback(metric="inception", inception_weights="/nonexistent/pt_inception.pth")
+    # A metric that cannot score the data fails in setup.
+    with pytest.raises(ValueError, match="8x8 digits"):
+        SampleCallback(metric=DigitsFID()).setup(SimpleNamespace(datamodule=None), toy_module(), "fit")
+
+
+def test_automatic_choice():
+    assert isinstance(SampleCallback().resolve_metric((1, 8, 8), "images"), DigitsFID)
+    assert isinstance(SampleCallback().resolve_metric((2,), "points"), PointsMetric)
+    with pytest.warns(UserWarning, match="no sample metric"):
+        assert isinstance(SampleCallback().resolve_metric((3, 32, 32), "images"), NoMetric)
+    assert isinstance(auto_metric((1, 8, 8), "points"), PointsMetric)
+
+
+@pytest.mark.parametrize("name, cls", [("digits", DigitsFID), ("points", PointsMetric), ("none", NoMetric),
+                                       ("auto", DigitsFID)])
+def test_deprecated_metric_names_build_the_metric_and_warn(name, cls):
+    with pytest.warns(FutureWarning, match=rf"SampleCallback\(metric='{name}'\) is deprecated"):
+        cb = SampleCallback(metric=name)
+    assert isinstance(cb.resolve_metric((1, 8, 8), "images"), cls)
+
+
+def test_inception_shorthand_maps_to_inception_fid(monkeypatch):
+    calls = []
+    monkeypatch.setattr(metrics_module, "make_inception_fid", lambda path, **kw: calls.append(path) or "fid")
+    with pytest.warns(FutureWarning, match="InceptionFID"):
+        cb = SampleCallback(metric="inception", inception_weights="w.pth")
+    assert isinstance(cb.metric, InceptionFID) and cb.metric.fid == "fid" and calls == ["w.pth"]
 
 
 # ------------------------------------------------------------------------------------ fits
@@ -140,7 +170,7 @@ def test_same_weights_same_grid_and_metric(tmp_path):
     torch.testing.assert_close(results[2][0], results[0][0], atol=1e-5, rtol=0)
     assert results[2][1] == pytest.approx(results[0][1], rel=1e-4)
     # The real statistics are the training images (1500), added once.
-    assert int(cb._fid.real_features_num_samples) == 1500
+    assert int(cb.metric.fid.real_features_num_samples) == 1500
 
 
 class _Zero(nn.Module):
@@ -185,28 +215,63 @@ def test_inception_path_feeds_uint8_rgb(monkeypatch, tmp_path):
     """With inception_weights, 1-channel images in [-1, 1] reach the feature net as uint8 RGB."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    import gddim_lightning.evaluation as evaluation
-
     calls = []
 
     def fake(weights_path, **kwargs):
         calls.append(weights_path)
         return FrechetInceptionDistance(feature=_UInt8Features(), **kwargs)
 
-    monkeypatch.setattr(evaluation, "make_inception_fid", fake)
+    monkeypatch.setattr(metrics_module, "make_inception_fid", fake)
     cb = SampleCallback(num_samples=16, num_real=100, sampler=GDDIM(nfe=3), inception_weights="w.pth")
     metrics = cb.evaluate(digits_module(), datamodule=DigitsDataModule())
     assert calls == ["w.pth"] and math.isfinite(metrics["fid_16"])
-    assert int(cb._fid.real_features_num_samples) == 100
+    assert int(cb.metric.fid.real_features_num_samples) == 100
 
 
 def test_points_metrics_on_flattened_images():
-    cb = SampleCallback(num_samples=16, num_grid=4, num_real=100, sampler=GDDIM(nfe=3), metric="points")
+    cb = SampleCallback(num_samples=16, num_grid=4, num_real=100, sampler=GDDIM(nfe=3), metric=PointsMetric())
     metrics = cb.evaluate(digits_module(), datamodule=DigitsDataModule())
     assert math.isfinite(metrics["fd_16"]) and math.isfinite(metrics["swd_16"]) and "fid_16" not in metrics
-    assert cb.last_image_tag == "samples/grid" and cb._real_points.shape == (100, 1, 8, 8)
+    assert cb.last_image_tag == "samples/grid" and torch.cat(cb.metric._real).shape == (100, 1, 8, 8)
     with pytest.raises(ValueError, match="8x8 digits"):
-        SampleCallback(metric="digits").evaluate(toy_module())
+        SampleCallback(metric=DigitsFID()).evaluate(toy_module())
+
+
+def test_metric_without_real_data_is_a_clear_error():
+    cb = SampleCallback(num_samples=4, num_grid=4, sampler=GDDIM(nfe=3), metric=DigitsFID())
+    with pytest.raises(ValueError, match=r"DigitsFID needs real data.*datamodule="):
+        cb.evaluate(digits_module())
+
+
+# ------------------------------------------------------------------------------------ labelled data
+class LabelledDigits(L.LightningDataModule):
+    """A torchvision-style data module: (x, y) training batches, dict validation batches, and no
+    reference_data (the callback reads its train_dataloader instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_shape = (1, 8, 8)
+        self.x, self.y = load_digits_split("train")
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=32, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
+
+    def val_dataloader(self):
+        return DataLoader([{"x": x, "y": y} for x, y in zip(self.x[:64], self.y[:64])], batch_size=32)
+
+
+def test_labelled_batches_fit_with_the_sample_callback(tmp_path):
+    cb = SampleCallback(num_samples=16, num_grid=4, num_real=100, sampler=GDDIM(nfe=3), batch_size=32,
+                        metric=DigitsFID())
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=TensorBoardLogger(str(tmp_path), name="tb"),
+                        callbacks=[cb], limit_val_batches=1, val_check_interval=2, num_sanity_val_steps=0,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(digits_module(), LabelledDigits())
+    scalars, images, _ = read_events(tmp_path)
+    assert [e.step for e in scalars["fid_16"]] == [2] and math.isfinite(scalars["fid_16"][0].value)
+    assert "val/loss" in scalars and len(images["samples/grid"]) == 1
+    assert int(cb.metric.fid.real_features_num_samples) == 100  # read from train_dataloader's (x, y) batches
 
 
 def test_impossible_callback_sampler_fails_before_training(tmp_path):

@@ -75,7 +75,7 @@ def test_model_classes_and_shape_link():
     assert isinstance(cli.model, CLDModule) and cli.model.data_shape == (2,)
     cli = main(["--config", str(CONFIGS / "toy_cld.yaml"), *TINY_TOY, "--model", "DiffusionModule"], run=False)
     assert type(cli.model) is DiffusionModule and cli.model.process.state_shape == (4,)
-    assert not cli.parser.get_defaults().get("optimizer")  # the module owns its optimiser
+    assert not cli.parser.get_defaults().get("optimizer")  # no --optimizer: the module's own AdamW
 
 
 # ---------------------------------------------------------------------------------------- print_config
@@ -299,12 +299,12 @@ def test_full_disk_while_training_keeps_the_last_checkpoint(tmp_path, capsys, mo
 def test_unwritable_output_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
 
 
-    from gddim_lightning import cli
+    import tempfile
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     with pytest.raises(SystemExit) as err:
         main(["fit", "--config", str(CONFIGS / "toy_vp.yaml"), *TINY_TOY, *QUIET, "--trainer.max_steps", "2",
               "--trainer.callbacks=[]", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "r")])

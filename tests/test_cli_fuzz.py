@@ -196,7 +196,7 @@ KNOWN_FLAGS: dict[str, list[str]] = {
     "--model.init_args.sampler.init_args.lambda_": ["0", "1.0", "-1"],
     "--model.init_args.sampler.init_args.t_min": ["1e-3", "0", "1.0", "5"],
     "--model.init_args.sampler.init_args.denoise": ["tweedie", "euler", "none", "ddim"],
-    "--model.init_args.sampler.init_args.K": ["R", "L", "Q"],
+    "--model.init_args.sampler.init_args.parameterization": ["R", "L", "Q"],
     "--model.init_args.process.init_args.beta_max": ["20", "0", "-1"],
     "--model.init_args.process.init_args.schedule": ["linear", "cosine", "cubic"],
     "--model.init_args.backbone.init_args.embedding": ["sinusoidal", "fourier", "nope"],

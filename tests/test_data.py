@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import re
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from gddim_lightning.data import (
     CIFAR10_TEST_FILE,
@@ -17,7 +20,9 @@ from gddim_lightning.data import (
     DigitsDataModule,
     ImageFolderDataModule,
     ToyDataModule,
+    data_batch,
     load_digits_split,
+    reference_batches,
     sample_mixture,
     sample_toy,
     toy_mixture_params,
@@ -280,3 +285,61 @@ def test_dropped_alpha_and_skipped_files_are_reported(tmp_path):
     (tmp_path / ".DS_Store").write_bytes(b"ignored")
     with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) that are not .* \(scan\.tif\)"):
         assert [p.name for p in find_images(tmp_path)] == ["half.png"]
+
+
+# ---------------------------------------------------------------- batches and reference data
+def test_data_batch_forms():
+    x = torch.randn(4, 2)
+    assert data_batch(x) is x
+    assert data_batch((x, torch.arange(4))) is x and data_batch([x, torch.arange(4)]) is x and data_batch((x,)) is x
+    assert data_batch({"x": x, "y": 1}) is x and data_batch({"image": x, "label": 0}) is x
+    for bad, said in (({"pixels": x}, "keys ['pixels']"), ([], "first item is missing"), ((1, x), "first item is int"),
+                      ("x", "a str")):
+        with pytest.raises(ValueError, match=rf"{re.escape(said)}.*tuple or list \(x, y\).*'x' or 'image'"):
+            data_batch(bad)
+
+
+def _reference(dm, n, batch_size=7):
+    return torch.cat(list(reference_batches(dm, n, batch_size)))
+
+
+def test_reference_data_of_the_shipped_modules(tmp_path):
+    digits = DigitsDataModule()
+    ref = _reference(digits, 20)
+    assert torch.equal(ref, load_digits_split("train")[0][:20])  # unaugmented, split order
+    assert _reference(DigitsDataModule(augment=True), 5000).shape == (1500, 1, 8, 8)  # at most what there is
+    toy = ToyDataModule("checkerboard", n_train=50, n_val=5)
+    toy.setup()
+    assert torch.equal(_reference(toy, 30), toy.train_data[:30])
+    _write_fake_cifar(tmp_path / "c")
+    cifar = CIFAR10DataModule(root=str(tmp_path / "c"))
+    raw = cifar.reference_data(9)
+    assert raw.dtype == torch.uint8 and raw.shape == (9, 3, 32, 32)  # stored form; mapped like the loaders
+    assert torch.equal(_reference(cifar, 9), raw.float() / 127.5 - 1)
+    _write_pngs(tmp_path / "f")
+    folder = ImageFolderDataModule(root=str(tmp_path / "f"), image_size=8, channels=1, val_fraction=0.34)
+    assert _reference(folder, 2).shape == (2, 1, 8, 8)
+
+
+class _LoaderOnly(L.LightningDataModule):
+    def train_dataloader(self):
+        x = torch.arange(10.0).reshape(10, 1)
+        return DataLoader(TensorDataset(x, torch.zeros(10)), batch_size=4)
+
+
+def test_reference_data_falls_back_to_the_training_loader():
+    ref = list(reference_batches(_LoaderOnly(), 6, 100))
+    assert [r.shape[0] for r in ref] == [4, 2]  # loader batches, cut at n
+    assert torch.equal(torch.cat(ref).flatten(), torch.arange(6.0))
+
+
+def test_reference_data_missing_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"LightningDataModule has no reference_data\(n: int\) -> Tensor method"):
+        list(reference_batches(L.LightningDataModule(), 5, 5))
+
+    class Bad(L.LightningDataModule):
+        def reference_data(self, n):
+            return [1, 2]
+
+    with pytest.raises(ValueError, match=r"Bad.reference_data\(5\) must return a non-empty tensor"):
+        list(reference_batches(Bad(), 5, 5))

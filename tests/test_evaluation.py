@@ -16,6 +16,11 @@ import torch
 from gddim_lightning.evaluation import (
     DIGITS_FEATURES_WEIGHTS,
     DigitsFeatureNet,
+    DigitsFID,
+    NoMetric,
+    PointsMetric,
+    SampleMetric,
+    auto_metric,
     frechet_distance,
     gaussian_moment_error,
     load_digits_feature_net,
@@ -284,6 +289,73 @@ def test_package_import_is_light():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=120)
+
+
+# --------------------------------------------------------------------------- metric components
+def test_digits_fid_component_matches_make_digits_fid(digits):
+    x_train, x_val = digits["train"][0][:400], digits["val"][0][:200]
+    metric = DigitsFID()
+    assert metric.names == ("fid",) and isinstance(metric, SampleMetric)
+    for chunk in x_train.split(150):
+        metric.update_real(chunk)
+    metric.update_fake(x_val)
+    value = metric.compute()["fid"]
+    ref = make_digits_fid(real_images=x_train, batch_size=150)
+    ref.update(x_val, real=False)
+    assert value == float(ref.compute())
+    metric.reset()  # forgets the samples, keeps the real statistics
+    metric.update_fake(x_val)
+    assert metric.compute()["fid"] == value and int(metric.fid.real_features_num_samples) == 400
+    metric.reset_real()
+    assert int(metric.fid.real_features_num_samples) == 0
+    with pytest.raises(ValueError, match=r"DigitsFID needs 8x8 digits \(data_shape \(1, 8, 8\)\), got \(2,\)"):
+        metric.check_shape((2,))
+
+
+def test_points_metric_component():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 2, generator=g), torch.randn(200, 2, generator=g) + 0.5
+    metric = PointsMetric(n_projections=64, seed=3)
+    with pytest.raises(ValueError, match="no fake points"):
+        metric.compute()
+    metric.update_real(y[:120])
+    metric.update_real(y[120:])
+    metric.update_fake(x)
+    assert metric.compute() == {"fd": frechet_distance(x, y), "swd": sliced_wasserstein(x, y, 64, seed=3)}
+    metric.check_shape((1, 8, 8))  # any shape: flattened
+    with pytest.raises(ValueError, match="n_projections"):
+        PointsMetric(n_projections=0)
+    assert NoMetric().names == () and NoMetric().compute() == {}
+
+
+def _points_rank(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(51, 2, generator=g), torch.randn(40, 2, generator=g)
+    metric = PointsMetric()
+    metric.update_real(y[rank::world])  # the callback's split: item k on rank k % world
+    metric.update_fake(x[rank::world][:10])  # uneven chunks: rank 0 holds one more
+    metric.update_fake(x[rank::world][10:])
+    torch.save(metric.compute(), f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_points_metric_gathers_ranks_in_item_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_points_rank, args=(2, f"file://{tmp_path}/store", str(tmp_path)), nprocs=2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(51, 2, generator=g), torch.randn(40, 2, generator=g)
+    single = {"fd": frechet_distance(x, y), "swd": sliced_wasserstein(x, y)}
+    assert torch.load(tmp_path / "0.pt") == torch.load(tmp_path / "1.pt") == single  # exactly, not approximately
+
+
+def test_auto_metric_choice():
+    assert isinstance(auto_metric((2,), "points"), PointsMetric)
+    assert isinstance(auto_metric((1, 8, 8), "images"), DigitsFID)
+    assert isinstance(auto_metric((3, 32, 32), "images"), NoMetric)
 
 
 # --------------------------------------------------------------------------- training script

@@ -180,7 +180,7 @@ class VelocityNet(nn.Module):
 
 
 def velocity_module(shape=(2,), **kw):
-    kw = {"sampler": GDDIM(nfe=6, q=1, K="L", denoise="none"), "parameterization": "L",
+    kw = {"sampler": GDDIM(nfe=6, q=1, parameterization="L", denoise="none"), "parameterization": "L",
           "network_output": "velocity", **kw}
     return CLDModule(process=CLD, backbone=lambda c_in, out_channels: VelocityNet(lambda u, t: torch.zeros_like(u), (out_channels, *shape[1:])),
                      data_shape=shape, **kw).double()
@@ -204,7 +204,7 @@ def test_velocity_only_network_trains_and_samples_like_the_full_one(shape, mixed
     assert loss.item() < 1e-18
     full = CLDModule(process=CLD, backbone=ZeroNet, data_shape=shape, parameterization="L").double()
     full.net = OracleNet(oracle)
-    for sampler in (GDDIM(nfe=6, q=1, K="L", denoise="none"), SSCS(nfe=6)):
+    for sampler in (GDDIM(nfe=6, q=1, parameterization="L", denoise="none"), SSCS(nfe=6)):
         a = m.sample(range(3), sampler, use_ema=False)
         b = full.sample(range(3), sampler, use_ema=False)
         torch.testing.assert_close(a.state, b.state, rtol=1e-8, atol=1e-8)
@@ -220,8 +220,8 @@ def test_velocity_only_network_refuses_what_needs_the_position_score():
     with pytest.raises(ValueError, match="model.sampler GDDIM uses the position score"):
         velocity_module(sampler=GDDIM(nfe=6))  # K='R'
     m = velocity_module()
-    for bad in (GDDIM(nfe=6, K="L"), GDDIM(nfe=6, lambda_=1.0, q=0), EulerMaruyama(6, denoise="tweedie")):
-        with pytest.raises(ValueError, match="K='L', SSCS"):
+    for bad in (GDDIM(nfe=6, parameterization="L"), GDDIM(nfe=6, lambda_=1.0, q=0), EulerMaruyama(6, denoise="tweedie")):
+        with pytest.raises(ValueError, match="parameterization='L', SSCS"):
             m.sample(range(2), bad)
     with pytest.raises(ValueError, match="takes none of the keywords"):
         CLDModule(process=CLD, backbone=lambda c: MLP(c), data_shape=(2,), parameterization="L",

@@ -47,7 +47,7 @@ def batch_t(t: float, n: int) -> torch.Tensor:
 def test_gaussian_data_needs_zero_network_output(name, kind):
     """The skip term is the exact eps of N(0, sigma_data^2 I): the network has nothing left to do."""
     p = PROCESSES[name]()
-    pre = Preconditioner(p, sigma_data=0.7, kind=kind)
+    pre = Preconditioner(p, sigma_data=0.7, parameterization=kind)
     exact = Gaussian(torch.zeros(p.data_shape, dtype=F64), 0.7).eps_fn(p, kind)
     g = torch.Generator().manual_seed(0)
     for t in TIMES:
@@ -63,7 +63,7 @@ def test_gaussian_data_needs_zero_network_output(name, kind):
 def test_target_has_unit_variance_and_is_the_weighted_eps_error(name, kind):
     p = PROCESSES[name]()
     sd = 0.5
-    pre = Preconditioner(p, sigma_data=sd, kind=kind)
+    pre = Preconditioner(p, sigma_data=sd, parameterization=kind)
     g = torch.Generator().manual_seed(1)
     n = 20000
     lay = p.layout

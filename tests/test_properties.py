@@ -279,7 +279,7 @@ def make_sampler(kind: str, steps: int, grid, t_min: float, denoise: str, order:
     if kind == "gddim":
         return GDDIM(steps + dn, q=order - 1, **kw)
     if kind == "gddim_L":
-        return GDDIM(steps + dn, q=order - 1, K="L", **kw)
+        return GDDIM(steps + dn, q=order - 1, parameterization="L", **kw)
     if kind == "gddim_stochastic":
         return GDDIM(steps + dn, q=0, lambda_=lam, **kw)
     if kind == "euler_maruyama":
@@ -406,7 +406,7 @@ def test_any_setting_runs_finite_or_raises_value_error(kind, pname, nfe, order, 
     p = SAMPLER_PROCESSES[pname]
     kw = {"t_min": t_min, "denoise": denoise}
     build = {
-        "gddim": lambda: GDDIM(nfe, q=order - 1, lambda_=lam, K=K, **kw),
+        "gddim": lambda: GDDIM(nfe, q=order - 1, lambda_=lam, parameterization=K, **kw),
         "euler_maruyama": lambda: EulerMaruyama(nfe, lambda_=lam, **kw),
         "heun": lambda: Heun(nfe, **kw),
         "sscs": lambda: SSCS(nfe, **kw),

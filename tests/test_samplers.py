@@ -152,12 +152,12 @@ def test_cld_with_L_fails_at_low_nfe(order):
     target = pf_target(p, x0, uT, 1e-3)
     eps = PointMass(x0).eps_fn(p)
     for nfe in [5, 10, 20]:
-        rL = GDDIM(nfe, q=order - 1, K="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
-        rR = GDDIM(nfe, q=order - 1, K="R", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        rL = GDDIM(nfe, q=order - 1, parameterization="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        rR = GDDIM(nfe, q=order - 1, parameterization="R", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert (rL.state - target).abs().max() > 1e-2, nfe
         assert (rR.state - target).abs().max() < 1e-7, nfe
     if order == 2:  # K='L' does converge to the same flow, slowly (sanity of the L machinery)
-        rL = GDDIM(400, q=1, K="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
+        rL = GDDIM(400, q=1, parameterization="L", denoise="none").sample(p, eps, SampleNoise(seeds, dtype=F64), u_T=uT)
         assert (rL.state - target).abs().max() < 1e-3
 
 
@@ -497,7 +497,7 @@ def _matrix_cases():
         "gddim1": lambda s: GDDIM(s + 1, q=0),
         "gddim3": lambda s: GDDIM(s + 1, q=2),
         "gddim4_none": lambda s: GDDIM(s, q=3, denoise="none"),
-        "gddim_L": lambda s: GDDIM(s + 1, q=1, K="L", denoise="euler"),
+        "gddim_L": lambda s: GDDIM(s + 1, q=1, parameterization="L", denoise="euler"),
         "gddim_stoch": lambda s: GDDIM(s + 1, q=0, lambda_=1.0),
         "em": lambda s: EulerMaruyama(s + 1),
         "pf_euler": lambda s: ProbabilityFlowEuler(s + 1, denoise="tweedie"),
@@ -603,8 +603,8 @@ def _nan_eps(step_nan):
     (lambda: GDDIM(10, q=0, lambda_=float("nan")), "lambda_ must be >= 0"),
     (lambda: EulerMaruyama(10, lambda_=-1.0), "lambda_ must be >= 0"),
     (lambda: GDDIM(10, q=1, lambda_=0.5), "single-step only; set q=0"),
-    (lambda: GDDIM(10, q=0, lambda_=0.5, K="L"), "K='R'"),
-    (lambda: GDDIM(10, K="X"), "K must be 'R'"),
+    (lambda: GDDIM(10, q=0, lambda_=0.5, parameterization="L"), "parameterization='R'"),
+    (lambda: GDDIM(10, parameterization="X"), "parameterization must be 'R'"),
     (lambda: GDDIM(10, t_min=0.0), "t_min must be > 0"),
     (lambda: GDDIM(10, t_min=-1e-3), "t_min must be > 0"),
     (lambda: GDDIM(10, denoise="bogus"), "denoise"),
@@ -722,8 +722,8 @@ class GarbledPositionEps:
 
 
 DRIFT_ONLY = {
-    "gddim-L q1": lambda: GDDIM(8, q=0, K="L", denoise="euler"),
-    "gddim-L q3": lambda: GDDIM(8, q=2, K="L", denoise="none"),
+    "gddim-L q1": lambda: GDDIM(8, q=0, parameterization="L", denoise="euler"),
+    "gddim-L q3": lambda: GDDIM(8, q=2, parameterization="L", denoise="none"),
     "euler-maruyama": lambda: EulerMaruyama(8),
     "pf-euler": lambda: ProbabilityFlowEuler(8),
     "heun": lambda: Heun(9),
@@ -749,7 +749,7 @@ def test_drift_only_samplers_never_use_position_eps(sname, shape):
 
 
 @pytest.mark.parametrize("make", [lambda: GDDIM(8, q=1), lambda: GDDIM(8, q=0, lambda_=1.0),
-                                  lambda: GDDIM(8, q=1, K="L", denoise="tweedie")])
+                                  lambda: GDDIM(8, q=1, parameterization="L", denoise="tweedie")])
 def test_full_score_samplers_do_use_position_eps(make):
     """The complement: gDDIM with R (deterministic or stochastic) and Tweedie denoising depend on the x part,
     which is why a velocity-only model refuses them."""

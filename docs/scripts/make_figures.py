@@ -38,7 +38,7 @@ def cld_ring_figure(out: Path, n: int = 2000, nfe: int = 10) -> list[tuple[str, 
     panels = [("exact samples", exact)]
     for name, sampler in [
         (f"gDDIM (R, q = 1), NFE {nfe}", GDDIM(nfe=nfe, q=1)),
-        (f"gDDIM with Cholesky L, NFE {nfe}", GDDIM(nfe=nfe, q=1, K="L")),
+        (f"gDDIM with Cholesky L, NFE {nfe}", GDDIM(nfe=nfe, q=1, parameterization="L")),
         (f"Euler-Maruyama, NFE {nfe}", EulerMaruyama(nfe=nfe)),
     ]:
         res = sampler.sample(process, eps_fn, noise)

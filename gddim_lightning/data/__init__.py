@@ -1,11 +1,15 @@
 """Offline LightningDataModules: 2-D toys, sklearn digits, CIFAR-10, image folders.
 
 Every datamodule exposes ``data_shape`` (shape of one sample) and ``kind``
-(``"points"`` or ``"images"``) right after construction, and its loaders yield
-plain float32 tensors ``[B, *data_shape]`` (images in [-1, 1]). Nothing is
-ever downloaded.
+(``"points"`` or ``"images"``) right after construction, its loaders yield
+plain float32 tensors ``[B, *data_shape]`` (images in [-1, 1]), and
+``reference_data(n)`` returns the first ``n`` unaugmented training items for
+sample metrics. Nothing is ever downloaded. What the package needs from a data
+module of your own (labelled ``(x, y)`` batches included) is in `batches` and
+on the Data page of the docs.
 """
 
+from .batches import BATCH_KEYS, as_float_images, data_batch, reference_batches
 from .cifar10 import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, CIFAR10DataModule, load_cifar10_batch
 from .digits import DIGITS_N_IMAGES, DigitsDataModule, load_digits_split
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataModule, find_images, load_image
@@ -24,6 +28,7 @@ from .toys import (
 )
 
 __all__ = [
+    "BATCH_KEYS",
     "CIFAR10DataModule",
     "CIFAR10_TEST_FILE",
     "CIFAR10_TRAIN_FILES",
@@ -35,10 +40,13 @@ __all__ = [
     "SeedDataset",
     "TOY_NAMES",
     "ToyDataModule",
+    "as_float_images",
+    "data_batch",
     "find_images",
     "load_cifar10_batch",
     "load_digits_split",
     "load_image",
+    "reference_batches",
     "sample_checkerboard",
     "sample_eight_gaussians",
     "sample_gaussian_mixture",

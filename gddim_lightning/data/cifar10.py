@@ -16,12 +16,12 @@ import pickle
 import stat
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from .loaders import SplitDataModule
 from .digits import _ImageTensorDataset
 from .toys import _check_loader_args, _make_loader
 
@@ -122,7 +122,7 @@ def _load_files(folder: Path, names: tuple[str, ...]) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays, axis=0)))
 
 
-class CIFAR10DataModule(L.LightningDataModule):
+class CIFAR10DataModule(SplitDataModule):
     """CIFAR-10 images (no labels) scaled to [-1, 1], read from local pickles.
 
     Train is ``data_batch_1`` .. ``data_batch_5`` (50 000 images, randomly
@@ -177,14 +177,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             ds = _ImageTensorDataset(self.test_x)
         return _make_loader(ds, hp.batch_size, hp.num_workers, train, hp.seed)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) loader over the 5 training batches."""
-        return self._loader(True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Ordered loader over ``test_batch``."""
-        return self._loader(False)
-
-    # test and predict use the validation set
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
+    def reference_data(self, n: int) -> Tensor:
+        """The first ``n`` training images, unflipped, as stored (uint8 ``[n, 3, 32, 32]``, a quarter of the
+        float memory; `reference_batches` maps them to ``[-1, 1]`` like the loaders): real data for metrics."""
+        self.setup("fit")
+        return self.train_x[: int(n)]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .loaders import SplitDataModule
 from .toys import _check_loader_args, _make_loader
 
 __all__ = ["DIGITS_N_IMAGES", "DigitsDataModule", "load_digits_split"]
@@ -121,7 +121,7 @@ def load_digits_split(split: str, seed: int = 0, n_val: int = 297) -> tuple[Tens
     return x.contiguous(), y
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn 8x8 digits, images only, scaled to [-1, 1].
 
     Batches are float32 tensors [B, 1, 8, 8]. The test and predict sets are the
@@ -172,14 +172,7 @@ class DigitsDataModule(L.LightningDataModule):
             ds = _ImageTensorDataset(self.val_x)
         return _make_loader(ds, hp.batch_size, hp.num_workers, train, hp.seed)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) loader over the training images."""
-        return self._loader(True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Ordered loader over the validation images."""
-        return self._loader(False)
-
-    # test and predict use the validation set
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
+    def reference_data(self, n: int) -> Tensor:
+        """The first ``n`` training images (unaugmented, in split order): real data for sample metrics."""
+        self.setup("fit")
+        return self.train_x[: int(n)]

@@ -13,13 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .loaders import SplitDataModule
 from .toys import _check_loader_args, _make_loader
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataModule", "find_images", "load_image"]
@@ -151,7 +151,7 @@ class _ImageFileDataset(Dataset):
         return x
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Unlabelled images from a local folder, as float32 [B, C, S, S] in [-1, 1].
 
     Args:
@@ -216,14 +216,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         ds = _ImageFileDataset(files, int(hp.image_size), int(hp.channels), flip)
         return _make_loader(ds, hp.batch_size, hp.num_workers, train, hp.seed)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) loader over the training images."""
-        return self._loader(True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Ordered loader over the held-out images."""
-        return self._loader(False)
-
-    # test and predict use the validation set
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
+    def reference_data(self, n: int) -> Tensor:
+        """The first ``n`` training images (unflipped, in split order), decoded: real data for sample metrics."""
+        hp = self.hparams
+        files = self.train_files[: int(n)]
+        return torch.stack([load_image(f, int(hp.image_size), int(hp.channels)) for f in files])

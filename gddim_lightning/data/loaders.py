@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import lightning as L
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -117,3 +118,27 @@ class ResumableLoader(DataLoader):
             self._resume = None
         else:
             self._resume = dict(state_dict)
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Base of the package's data modules: a training split and a held-out split, each served by the
+    subclass's ``_loader(train)``. Test and predict use the held-out split."""
+
+    def _loader(self, train: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) loader over the training split."""
+        return self._loader(True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Ordered loader over the held-out split."""
+        return self._loader(False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split, as `val_dataloader`."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out split, as `val_dataloader`."""
+        return self.val_dataloader()

@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..limits import MAX_BATCH, check_bounded
-from .loaders import ResumableLoader
+from .loaders import ResumableLoader, SplitDataModule
 
 __all__ = [
     "TOY_NAMES", "ToyDataModule", "sample_checkerboard", "sample_eight_gaussians",
@@ -239,7 +238,7 @@ def sample_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
     return _SAMPLERS[name](int(n), generator)
 
 
-class ToyDataModule(L.LightningDataModule):
+class ToyDataModule(SplitDataModule):
     """2-D toy point clouds generated once, deterministically, from ``seed``.
 
     Args:
@@ -290,14 +289,7 @@ class ToyDataModule(L.LightningDataModule):
         hp = self.hparams
         return _make_loader(_PointDataset(data), hp.batch_size, hp.num_workers, train, hp.seed)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) loader over the training points."""
-        return self._loader(True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Ordered loader over the validation points."""
-        return self._loader(False)
-
-    # test and predict use the validation set
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
+    def reference_data(self, n: int) -> Tensor:
+        """The first ``n`` training points (in generation order): real data for sample metrics."""
+        self.setup("fit")
+        return self.train_data[: int(n)]

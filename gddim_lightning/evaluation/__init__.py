@@ -1,5 +1,7 @@
 """Offline sample-quality metrics.
 
+* Metric components for `SampleCallback` (`metrics`): `SampleMetric` (the protocol),
+  `DigitsFID`, `InceptionFID`, `PointsMetric`, `NoMetric`, and `auto_metric`.
 * 8x8 digits: FID on the features of a small shipped CNN
   (`make_digits_fid`, `DigitsFeatureNet`).
 * Point clouds / flattened images: `frechet_distance`,
@@ -18,11 +20,27 @@ from gddim_lightning.evaluation.digits_features import (
     make_digits_fid,
 )
 from gddim_lightning.evaluation.inception import make_inception_fid, to_uint8_images
+from gddim_lightning.evaluation.metrics import (
+    DigitsFID,
+    FeatureFID,
+    InceptionFID,
+    NoMetric,
+    PointsMetric,
+    SampleMetric,
+    auto_metric,
+)
 from gddim_lightning.evaluation.points import frechet_distance, gaussian_moment_error, sliced_wasserstein
 
 __all__ = [
     "DIGITS_FEATURES_WEIGHTS",
+    "DigitsFID",
     "DigitsFeatureNet",
+    "FeatureFID",
+    "InceptionFID",
+    "NoMetric",
+    "PointsMetric",
+    "SampleMetric",
+    "auto_metric",
     "frechet_distance",
     "gaussian_moment_error",
     "load_digits_feature_net",

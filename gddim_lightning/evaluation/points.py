@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..sdes.operators import psd_sqrt
+
 __all__ = ["frechet_distance", "gaussian_moment_error", "sliced_wasserstein"]
 
 
@@ -40,13 +42,6 @@ def _mean_cov(x: Tensor) -> tuple[Tensor, Tensor]:
     return mu, xc.T @ xc / (x.shape[0] - 1)
 
 
-def _psd_sqrt(a: Tensor) -> Tensor:
-    """Symmetric square root of a (numerically) PSD matrix via eigh, negatives clipped."""
-    a = 0.5 * (a + a.T)
-    w, v = torch.linalg.eigh(a)
-    return (v * w.clamp_min(0.0).sqrt()) @ v.T
-
-
 def frechet_distance(x: Tensor, y: Tensor) -> float:
     r"""Frechet distance between Gaussians fitted to two sample sets.
 
@@ -72,7 +67,7 @@ def frechet_distance(x: Tensor, y: Tensor) -> float:
     x, y = _check_pair(x, y)
     mu_x, cov_x = _mean_cov(x)
     mu_y, cov_y = _mean_cov(y)
-    sx = _psd_sqrt(cov_x)
+    sx = psd_sqrt(cov_x)
     m = sx @ cov_y @ sx
     m = 0.5 * (m + m.T)
     tr_cross = torch.linalg.eigvalsh(m).clamp_min(0.0).sqrt().sum()

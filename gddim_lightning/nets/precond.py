@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._warn import renamed
 from ..sdes.base import LinearSDE, as_time
 from ..sdes.operators import BlockOp
 
@@ -56,20 +57,23 @@ class Preconditioner:
         process: the linear process.
         sigma_data: the data's scale (standard deviation per coordinate; EDM: 0.5 for images in
             [-1, 1]).
-        kind: the factor ``K_t`` eps is defined with: ``"R"`` (gDDIM) or ``"L"`` (Cholesky).
+        parameterization: the factor ``K_t`` eps is defined with: ``"R"`` (gDDIM) or ``"L"`` (Cholesky).
         output_scale: scale the network's output by ``S_t`` and its target by ``S_t^+`` (EDM); without
             it only the input scaling and the skip are applied (``sigma_data = 1`` then is the CLD
             paper's mixed score).
+        kind: deprecated name of ``parameterization``.
     """
 
-    def __init__(self, process: LinearSDE, sigma_data: float = 0.5, kind: str = "R", output_scale: bool = True) -> None:
+    def __init__(self, process: LinearSDE, sigma_data: float = 0.5, parameterization: str | None = None,
+                 output_scale: bool = True, kind: str | None = None) -> None:
+        parameterization = renamed("Preconditioner", "parameterization", parameterization, "kind", kind, None) or "R"
         if not (isinstance(sigma_data, (int, float)) and 0 < sigma_data < float("inf")):
             raise ValueError(f"sigma_data must be a positive finite data scale, got {sigma_data!r}")
-        if kind not in ("R", "L"):
-            raise ValueError(f"kind must be 'R' (gDDIM) or 'L' (Cholesky), got {kind!r}")
+        if parameterization not in ("R", "L"):
+            raise ValueError(f"parameterization must be 'R' (gDDIM) or 'L' (Cholesky), got {parameterization!r}")
         self.process = process
         self.sigma_data = float(sigma_data)
-        self.kind = kind
+        self.parameterization = parameterization
         self.output_scale = bool(output_scale)
 
     def coefficients(self, t: Tensor) -> PrecondCoefficients:
@@ -77,7 +81,7 @@ class Preconditioner:
         the raw ``[B, n, b, b]`` blocks: the data column ``Psi e`` is a vector per block, not an operator."""
         p = self.process
         t64 = as_time(t)
-        K = p.ops.K(t64, self.kind).data
+        K = p.ops.K(t64, self.parameterization).data
         b, di = p.block_size, p.layout.data_index
         psi = p.ops.mean(t64).data
         col = psi[..., :, di : di + 1]  # Psi e: [B, n, b, 1]
@@ -125,5 +129,6 @@ class Preconditioner:
         return c.proj @ out, target
 
     def __repr__(self) -> str:
-        return (f"Preconditioner({self.process.describe()}, sigma_data={self.sigma_data}, kind={self.kind!r}, "
+        return (f"Preconditioner({self.process.describe()}, sigma_data={self.sigma_data}, "
+                f"parameterization={self.parameterization!r}, "
                 f"output_scale={self.output_scale})")

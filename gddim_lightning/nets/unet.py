@@ -1,4 +1,8 @@
-"""DDPM++-style UNet backbone for image data (``[B, C, H, W]``)."""
+"""DDPM++-style UNet backbone for image data (``[B, C, H, W]``).
+
+Longer than 300 lines: the UNet and its building blocks (residual block, attention, down/up sampling)
+are one network read top to bottom; the blocks have no use outside it.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Deterministic (``lambda_ = 0``), from ``t`` to ``t'`` with eps frozen in the ``R
 (exact for a point mass; DDIM on VP), generalised to the paper's multistep order ``q``: eps on a step
 is the degree-``q`` Lagrange polynomial through the current and the ``q`` previous evaluations
 (``q + 1`` nodes; ``q = 0`` is the one-node step above). Stochastic (``lambda_ > 0``): the exact Gaussian transition of the
-lambda-SDE with the score of the point mass eps points to. ``K="L"`` builds the same sampler with the
+lambda-SDE with the score of the point mass eps points to. ``parameterization="L"`` builds the same sampler with the
 Cholesky factor (the paper's ablation; it fails at low NFE on CLD).
 """
 
@@ -22,7 +22,7 @@ from ..sdes.base import LinearSDE
 from .base import Callback, CountingEps, SampleNoise, Sampler, check_int
 from .grids import QuadraticGrid, TimeGrid
 from .plan import deterministic_plan, stochastic_plan
-from .._warn import warn_user
+from .._warn import renamed, warn_user
 
 
 class GDDIM(Sampler):
@@ -36,7 +36,9 @@ class GDDIM(Sampler):
         q: the paper's multistep order, 0-3: the degree of the polynomial through the current and the
             ``q`` previous eps evaluations (``q + 1`` nodes). ``q = 2`` is the paper's CLD setting.
         lambda_: stochasticity ``lambda >= 0``; 0 is deterministic. Needs ``q=0`` when > 0.
-        K: ``"R"`` (gDDIM) or ``"L"`` (Cholesky ablation).
+        parameterization: the factor ``K_t`` of ``Sigma_t`` the steps are built with: ``"R"`` (gDDIM, the
+            default) or ``"L"`` (Cholesky, the paper's ablation). The network's eps is always ``R``'s;
+            an ``L`` sampler converts it.
         grid: time grid (default: quadratic, as the paper's CLD results).
         t_min: last grid time.
         denoise: ``"tweedie"``, ``"euler"`` or ``"none"`` (see `Sampler`).
@@ -44,6 +46,7 @@ class GDDIM(Sampler):
         t_start: first grid time (see `Sampler`; default ``T``).
         rho_start: start where the noise-to-signal ratio is this instead (see `Sampler`).
         order: deprecated: the number of eps nodes, ``q + 1``. Use ``q``.
+        K: deprecated name of ``parameterization``.
     """
 
     def __init__(
@@ -51,7 +54,7 @@ class GDDIM(Sampler):
         nfe: int = 20,
         q: int | None = None,
         lambda_: float = 0.0,
-        K: str = "R",
+        parameterization: str | None = None,
         grid: TimeGrid | None = None,
         t_min: float = 1e-3,
         denoise: str = "tweedie",
@@ -59,6 +62,7 @@ class GDDIM(Sampler):
         t_start: float | None = None,
         rho_start: float | None = None,
         order: int | None = None,
+        K: str | None = None,
     ) -> None:
         super().__init__(t_min, denoise, t_start, rho_start)
         self.q = _resolve_q(q, order)
@@ -67,12 +71,13 @@ class GDDIM(Sampler):
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
         if lambda_ > 0 and self.q != 0:
             raise ValueError(f"stochastic gDDIM (lambda_={lambda_}) is single-step only; set q=0 or lambda_=0")
-        if lambda_ > 0 and K != "R":
-            raise ValueError("stochastic gDDIM is defined with K='R'")
-        if K not in ("R", "L"):
-            raise ValueError(f"K must be 'R' (gDDIM) or 'L' (Cholesky), got {K!r}")
+        parameterization = renamed("GDDIM", "parameterization", parameterization, "K", K, None) or "R"
+        if parameterization not in ("R", "L"):
+            raise ValueError(f"parameterization must be 'R' (gDDIM) or 'L' (Cholesky), got {parameterization!r}")
+        if lambda_ > 0 and parameterization != "R":
+            raise ValueError("stochastic gDDIM is defined with parameterization='R'")
         self.lambda_ = float(lambda_)
-        self.K = K
+        self.parameterization = parameterization
         self.grid = grid if grid is not None else QuadraticGrid()
         self.quad = check_int("quad", quad, 1)
 
@@ -85,7 +90,7 @@ class GDDIM(Sampler):
     def drift_only(self) -> bool:  # type: ignore[override]
         # Lower-triangular L: G G^T L^{-T} has no x column, so the x part of eps_L never enters.
         # R is not triangular, and the stochastic step uses the full score through Psi-hat.
-        return self.K == "L" and self.lambda_ == 0
+        return self.parameterization == "L" and self.lambda_ == 0
 
     def check(self, process: LinearSDE) -> None:
         super().check(process)
@@ -96,10 +101,10 @@ class GDDIM(Sampler):
         times = self.times(process)
         if self.lambda_ > 0:
             return self._run_stochastic(process, eps, noise, u, times, callback)
-        plan = deterministic_plan(process, times, self.n_nodes, self.K, self.quad)
+        plan = deterministic_plan(process, times, self.n_nodes, self.parameterization, self.quad)
         Psi, C = plan.ops(("psi", "C"), u)
-        to_L = plan.get("R_to_L", u.dtype, u.device) if self.K == "L" else None
-        history: list[Tensor] = []  # eps at t_i, t_{i-1}, ... (K's parameterisation)
+        to_L = plan.get("R_to_L", u.dtype, u.device) if self.parameterization == "L" else None
+        history: list[Tensor] = []  # eps at t_i, t_{i-1}, ... (in the sampler's parameterization)
         for i in range(plan.n_steps):
             t = times[i].item()
             e = eps(u, t, i)

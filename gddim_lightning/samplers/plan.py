@@ -126,7 +126,7 @@ def _step_chunks(idx: list[int], per_step: int) -> list[list[int]]:
     return [idx[k : k + size] for k in range(0, len(idx), size)]
 
 
-def multistep_coefficients(process: LinearSDE, times: Tensor, order: int, kind: str, quad: int) -> Tensor:
+def multistep_coefficients(process: LinearSDE, times: Tensor, order: int, parameterization: str, quad: int) -> Tensor:
     """``C_ij`` for every step as ``[N, order, n, b, b]`` (zeros beyond a warm-up step's order)."""
     N = times.numel() - 1
     n, b = process.n_blocks, process.block_size
@@ -142,35 +142,36 @@ def multistep_coefficients(process: LinearSDE, times: Tensor, order: int, kind: 
             l, dl = _lagrange(nodes, tau)
             ops = process.ops
             Psi = ops.Psi(tp.unsqueeze(-1), tau)  # [G, m] operators (t broadcast: no repeated work)
-            if kind == "R":
+            if parameterization == "R":
                 # C_ij = R_{t'} l_j(t') - delta_j0 Psi(t', t) R_t + int_{t'}^{t} Psi(t', tau) R_tau l_j'(tau)
                 integrand = (Psi @ ops.R(tau)).data
                 Cq = torch.einsum("gm,gmj,gmnab->gjnab", w, dl, integrand)
                 l_end, _ = _lagrange(nodes, tp.unsqueeze(-1))
                 Cq += l_end[:, 0, :, None, None, None] * process.R(tp).unsqueeze(1)
                 Cq[:, 0] -= (ops.Psi(tp, t) @ ops.R(t)).data
-            elif kind == "L":
+            elif parameterization == "L":
                 # C_ij = -int_{t'}^{t} 1/2 Psi(t', tau) G G^T L_tau^{-T} l_j(tau)
                 integrand = 0.5 * (Psi @ ops.score_drift(tau, "L")).data
                 Cq = -torch.einsum("gm,gmj,gmnab->gjnab", w, l, integrand)
             else:
-                raise ValueError(f"K must be 'R' or 'L', got {kind!r}")
+                raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
             C[i, :q] = Cq
     return C
 
 
-def deterministic_plan(process: LinearSDE, times: Tensor, order: int, kind: str = "R", quad: int = 16) -> Plan:
+def deterministic_plan(process: LinearSDE, times: Tensor, order: int, parameterization: str = "R",
+                       quad: int = 16) -> Plan:
     """Plan of deterministic multistep gDDIM: ``psi [N]``, ``C [N, order]`` (and for ``K = L``, the
     conversion ``R_to_L = L_t^T R_t^{-T}`` at every grid time, so an R-trained network can drive it)."""
 
     def build() -> Plan:
         t, tp = times[:-1], times[1:]
-        coeffs = {"psi": process.psi(tp, t), "C": multistep_coefficients(process, times, order, kind, quad)}
-        if kind == "L":
+        coeffs = {"psi": process.psi(tp, t), "C": multistep_coefficients(process, times, order, parameterization, quad)}
+        if parameterization == "L":
             coeffs["R_to_L"] = process.ops.eps_change(t, "R", "L").data
         return Plan(process, times, coeffs)
 
-    return cached_plan(process, _key("deterministic", times, order, kind, quad), build)
+    return cached_plan(process, _key("deterministic", times, order, parameterization, quad), build)
 
 
 def stochastic_plan(process: LinearSDE, times: Tensor, lambda_: float) -> Plan:

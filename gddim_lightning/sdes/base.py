@@ -1,5 +1,8 @@
 """The linear process abstraction: ``du = F_t u dt + G_t dw`` with block-diagonal ``F``, ``G G^T``.
 
+Longer than 300 lines: `LinearSDE` is the one definition every process, sampler and oracle relies on
+(the numeric defaults of every derived quantity); splitting it would scatter one contract.
+
 A subclass gives three things, as float64 block tensors (see `BlockLayout`):
 
 * `F(t)`: drift blocks, ``[*S, n, b, b]`` for times ``t`` of shape ``[*S]``;
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from .layout import BlockLayout
 from .operators import BlockOp, ProcessOperators, as_time, psd_sqrt
+from .._warn import renamed
 from .ode import DenseBlockODE, solve_block_ode, solve_pairwise_transitions
 
 
@@ -141,13 +145,15 @@ class LinearSDE:
         """Cholesky factor ``L_t`` of ``Sigma_t`` (lower triangular)."""
         return torch.linalg.cholesky(self.Sigma(t))
 
-    def K(self, t: Tensor, kind: str = "R") -> Tensor:
-        """``R_t`` or ``L_t`` by name."""
-        if kind == "R":
+    def K(self, t: Tensor, parameterization: str = "R", *, kind: str | None = None) -> Tensor:
+        """The factor ``K_t`` of ``Sigma_t`` that eps is defined with, by name: ``"R"`` gives ``R_t``, ``"L"``
+        gives ``L_t`` (``kind`` is the deprecated name of ``parameterization``)."""
+        parameterization = renamed("LinearSDE.K", "parameterization", parameterization, "kind", kind, "R")
+        if parameterization == "R":
             return self.R(t)
-        if kind == "L":
+        if parameterization == "L":
             return self.L(t)
-        raise ValueError(f"K must be 'R' (gDDIM) or 'L' (Cholesky), got {kind!r}")
+        raise ValueError(f"parameterization must be 'R' (gDDIM) or 'L' (Cholesky), got {parameterization!r}")
 
     def G(self, t: Tensor) -> Tensor:
         """A square root of ``G_t G_t^T`` (symmetric PSD square root), for noise injection."""
@@ -191,7 +197,8 @@ class LinearSDE:
         return float(t.item())
 
     # ------------------------------------------------------------------ data <-> state
-    def perturb(self, x0: Tensor, t: Tensor, noise: Tensor, kind: str = "R") -> Tensor:
+    def perturb(self, x0: Tensor, t: Tensor, noise: Tensor, parameterization: str = "R", *,
+                kind: str | None = None) -> Tensor:
         """``u_t = Psi(t, 0) lift(x0) + K_t z``.
 
         Args:
@@ -199,11 +206,12 @@ class LinearSDE:
             t: times ``[B]``.
             noise: ``z`` in state shape ``[B, *state_shape]`` (the initial-covariance noise, e.g. CLD's
                 velocity, is part of ``K_t z``).
-            kind: ``"R"`` or ``"L"``.
+            parameterization: ``"R"`` or ``"L"`` (``kind``: its deprecated name).
         """
         t = self.check_time(t)
         self.layout.check_state(noise, "noise")
-        return self.ops.mean(t) @ self.layout.lift(x0) + self.ops.K(t, kind) @ noise
+        K = self.ops.K(t, renamed("perturb", "parameterization", parameterization, "kind", kind, "R"))
+        return self.ops.mean(t) @ self.layout.lift(x0) + K @ noise
 
     def prior_sample(self, z: Tensor, t: float | None = None) -> Tensor:
         """A draw from the prior ``N(0, Sigma_t)`` as ``R_t z`` for standard normal ``z`` (state shape), at
@@ -211,13 +219,16 @@ class LinearSDE:
         self.layout.check_state(z, "z")
         return self.ops.R(self.T if t is None else float(t)) @ z
 
-    def eps_to_score(self, eps: Tensor, t: Tensor, kind: str = "R") -> Tensor:
-        """``score = -K_t^{-T} eps`` (t of shape ``[B]`` or scalar)."""
-        return -(self.ops.K(t, kind).inv().T @ eps)
+    def eps_to_score(self, eps: Tensor, t: Tensor, parameterization: str = "R", *, kind: str | None = None) -> Tensor:
+        """``score = -K_t^{-T} eps`` (t of shape ``[B]`` or scalar; ``kind``: deprecated name of
+        ``parameterization``)."""
+        K = self.ops.K(t, renamed("eps_to_score", "parameterization", parameterization, "kind", kind, "R"))
+        return -(K.inv().T @ eps)
 
-    def score_to_eps(self, score: Tensor, t: Tensor, kind: str = "R") -> Tensor:
-        """``eps = -K_t^T score``."""
-        return -(self.ops.K(t, kind).T @ score)
+    def score_to_eps(self, score: Tensor, t: Tensor, parameterization: str = "R", *, kind: str | None = None) -> Tensor:
+        """``eps = -K_t^T score`` (``kind``: deprecated name of ``parameterization``)."""
+        K = self.ops.K(t, renamed("score_to_eps", "parameterization", parameterization, "kind", kind, "R"))
+        return -(K.T @ score)
 
     def eps_R_to_L(self, eps_R: Tensor, t: Tensor) -> Tensor:
         """Convert an ``R``-parameterised eps to the ``L`` one: ``eps_L = L^T R^{-T} eps_R``."""

@@ -233,14 +233,14 @@ class ProcessOperators:
         """The Cholesky factor ``L_t`` of ``Sigma_t``."""
         return self._op(self.process.L(as_time(t)))
 
-    def K(self, t: Any, kind: str = "R") -> BlockOp:
+    def K(self, t: Any, parameterization: str = "R") -> BlockOp:
         """``R_t`` or ``L_t`` by name."""
-        return self._op(self.process.K(as_time(t), kind))
+        return self._op(self.process.K(as_time(t), parameterization))
 
-    def score_drift(self, t: Any, kind: str = "R") -> BlockOp:
+    def score_drift(self, t: Any, parameterization: str = "R") -> BlockOp:
         """``D_t = G_t G_t^T K_t^{-T}``: with ``score = -K_t^{-T} eps`` the reverse-time drift is
         ``F_t u + (1 + lambda^2)/2 D_t eps`` (the probability flow at ``lambda = 0``)."""
-        return self.GGT(t) @ self.K(t, kind).inv().T
+        return self.GGT(t) @ self.K(t, parameterization).inv().T
 
     def eps_change(self, t: Any, source: str, target: str) -> BlockOp:
         """Converts eps from one factor to another: ``eps_target = K_target^T K_source^{-T} eps_source``."""
