@@ -58,13 +58,13 @@ def digits_split() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def random_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Shift each image by -1, 0 or +1 pixel in each axis, filling with background (-1)."""
-    n = x.shape[0]
+    n, (h, w) = x.shape[0], x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
     dy = torch.randint(0, 3, (n,), generator=gen)
     dx = torch.randint(0, 3, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(8)[None, :])[:, None, :, None].expand(n, 1, 8, 10)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 1, h, w + 2)
     out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(8)[None, :])[:, None, None, :].expand(n, 1, 8, 8)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 1, h, w)
     return out.gather(3, cols)
 
 
@@ -74,13 +74,15 @@ def accuracy(net: DigitsFeatureNet, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((net.logits(x).argmax(dim=1) == y).float().mean())
 
 
-def train(epochs: int, seed: int, batch_size: int, lr: float) -> tuple[DigitsFeatureNet, dict[str, float]]:
+def train(epochs: int, seed: int, batch_size: int, lr: float, make_net=DigitsFeatureNet,
+          split=digits_split) -> tuple[DigitsFeatureNet, dict[str, float]]:
+    """Trains ``make_net()`` on ``split()["train"]`` (shift augmentation, label smoothing, one-cycle AdamW)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    split = digits_split()
+    split = split()
     x_tr, y_tr = split["train"]
     x_va, y_va = split["val"]
-    net = DigitsFeatureNet()
+    net = make_net()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = (x_tr.shape[0] + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -128,11 +130,19 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DIGITS_FEATURES_WEIGHTS, help="state_dict path (.json is written next to it)")
+#: what this script trains; `train_mnist_classifier.py` passes its own
+DIGITS = {
+    "weights": DIGITS_FEATURES_WEIGHTS, "make_net": DigitsFeatureNet, "split": digits_split, "epochs": 20,
+    "split_text": "numpy.random.default_rng(0).permutation(1797): [:1500] train, [1500:] val; x = pixel/16*2-1",
+}
+
+
+def main(argv: list[str] | None = None, target: dict | None = None, description: str | None = None) -> int:
+    target = DIGITS if target is None else target
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=target["weights"], help="state_dict path (.json is written next to it)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=target["epochs"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     t0 = time.perf_counter()
-    net, stats = train(args.epochs, args.seed, args.batch_size, args.lr)
+    net, stats = train(args.epochs, args.seed, args.batch_size, args.lr, target["make_net"], target["split"])
     seconds = time.perf_counter() - t0
     print(f"held-out (val, {stats['n_val']} images) accuracy: {stats['val_accuracy']:.4f}  ({seconds:.1f} s)")
     if stats["val_accuracy"] < args.min_accuracy:
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "num_features": net.num_features,
-        "split": "numpy.random.default_rng(0).permutation(1797): [:1500] train, [1500:] val; x = pixel/16*2-1",
+        "split": target["split_text"],
         "train_seconds": round(seconds, 2),
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,

@@ -1,4 +1,4 @@
-"""Offline LightningDataModules: 2-D toys, sklearn digits, CIFAR-10, image folders.
+"""Offline LightningDataModules: 2-D toys, sklearn digits, MNIST (5,000 shipped digits), CIFAR-10, image folders.
 
 Every datamodule exposes ``data_shape`` (shape of one sample) and ``kind``
 (``"points"`` or ``"images"``) right after construction, its loaders yield
@@ -12,6 +12,7 @@ on the Data page of the docs.
 from .batches import BATCH_KEYS, as_float_images, data_batch, reference_batches
 from .cifar10 import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, CIFAR10DataModule, load_cifar10_batch
 from .digits import DIGITS_N_IMAGES, DigitsDataModule, load_digits_split
+from .mnist import MNIST_HELDOUT, MNIST_N_IMAGES, MNISTDataModule, load_mnist_split
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataModule, find_images, load_image
 from .seeds import SeedDataModule, SeedDataset
 from .toys import (
@@ -36,6 +37,9 @@ __all__ = [
     "DigitsDataModule",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataModule",
+    "MNISTDataModule",
+    "MNIST_HELDOUT",
+    "MNIST_N_IMAGES",
     "SeedDataModule",
     "SeedDataset",
     "TOY_NAMES",
@@ -46,6 +50,7 @@ __all__ = [
     "load_cifar10_batch",
     "load_digits_split",
     "load_image",
+    "load_mnist_split",
     "reference_batches",
     "sample_checkerboard",
     "sample_eight_gaussians",

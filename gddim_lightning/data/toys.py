@@ -129,28 +129,14 @@ def sample_mixture(params: dict[str, Tensor], n: int, generator: torch.Generator
 
 
 def sample_gaussian_mixture(n: int, generator: torch.Generator) -> Tensor:
-    """Samples the unequal-weight 8-component ring ``toy_mixture_params("mixture")``.
-
-    Args:
-        n: number of samples.
-        generator: source of randomness.
-
-    Returns:
-        Tensor [n, 2] float32.
-    """
+    """``n`` points ``[n, 2]`` (float32, from ``generator``) of the unequal-weight 8-component ring
+    ``toy_mixture_params("mixture")``."""
     return sample_mixture(toy_mixture_params("mixture"), n, generator)
 
 
 def sample_eight_gaussians(n: int, generator: torch.Generator) -> Tensor:
-    """Samples 8 equal-weight Gaussians on a ring of radius 2 (std 0.2).
-
-    Args:
-        n: number of samples.
-        generator: source of randomness.
-
-    Returns:
-        Tensor [n, 2] float32.
-    """
+    """``n`` points ``[n, 2]`` (float32, from ``generator``) of 8 equal-weight Gaussians on a ring of
+    radius 2 (std 0.2)."""
     return sample_mixture(toy_mixture_params("eight_gaussians"), n, generator)
 
 

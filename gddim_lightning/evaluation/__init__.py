@@ -1,9 +1,9 @@
 """Offline sample-quality metrics.
 
 * Metric components for `SampleCallback` (`metrics`): `SampleMetric` (the protocol),
-  `DigitsFID`, `InceptionFID`, `PointsMetric`, `NoMetric`, and `auto_metric`.
-* 8x8 digits: FID on the features of a small shipped CNN
-  (`make_digits_fid`, `DigitsFeatureNet`).
+  `DigitsFID`, `MNISTFID`, `InceptionFID`, `PointsMetric`, `NoMetric`, and `auto_metric`.
+* 8x8 digits and 28x28 MNIST: FID on the features of small shipped CNNs
+  (`make_digits_fid`, `DigitsFeatureNet`; `make_mnist_fid`, `MNISTFeatureNet`).
 * Point clouds / flattened images: `frechet_distance`,
   `sliced_wasserstein`, `gaussian_moment_error`.
 * CIFAR-10: real Inception FID from a local weights file (`make_inception_fid`,
@@ -19,11 +19,18 @@ from gddim_lightning.evaluation.digits_features import (
     load_digits_feature_net,
     make_digits_fid,
 )
+from gddim_lightning.evaluation.mnist_features import (
+    MNIST_FEATURES_WEIGHTS,
+    MNISTFeatureNet,
+    load_mnist_feature_net,
+    make_mnist_fid,
+)
 from gddim_lightning.evaluation.inception import make_inception_fid, to_uint8_images
 from gddim_lightning.evaluation.metrics import (
     DigitsFID,
     FeatureFID,
     InceptionFID,
+    MNISTFID,
     NoMetric,
     PointsMetric,
     SampleMetric,
@@ -37,6 +44,9 @@ __all__ = [
     "DigitsFeatureNet",
     "FeatureFID",
     "InceptionFID",
+    "MNISTFID",
+    "MNIST_FEATURES_WEIGHTS",
+    "MNISTFeatureNet",
     "NoMetric",
     "PointsMetric",
     "SampleMetric",
@@ -46,6 +56,8 @@ __all__ = [
     "load_digits_feature_net",
     "make_digits_fid",
     "make_inception_fid",
+    "load_mnist_feature_net",
+    "make_mnist_fid",
     "sliced_wasserstein",
     "to_uint8_images",
 ]

@@ -26,6 +26,7 @@ the uint8 quantisation of the usual image pipelines.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "DIGITS_FEATURES_WEIGHTS",
     "DigitsFeatureNet",
+    "feature_fid",
+    "load_frozen_net",
     "load_digits_feature_net",
     "make_digits_fid",
 ]
@@ -159,24 +162,49 @@ def load_digits_feature_net(
         FileNotFoundError: If the weights file does not exist.
         RuntimeError: If the file cannot be read as a matching state_dict.
     """
-    path = Path(weights_path) if weights_path is not None else DIGITS_FEATURES_WEIGHTS
+    return load_frozen_net(DigitsFeatureNet, weights_path or DIGITS_FEATURES_WEIGHTS, "Digits", _REGENERATE_HINT, device)
+
+
+def load_frozen_net(cls: type[nn.Module], weights_path: str | os.PathLike[str], what: str, hint: str,
+                    device: str | torch.device = "cpu") -> nn.Module:
+    """A feature network ``cls(num_features=...)`` from a state_dict file, frozen and in eval mode; errors
+    name the file and ``hint`` (how to regenerate it)."""
+    path = Path(weights_path)
     if not path.is_file():
-        raise FileNotFoundError(f"Digits feature-network weights not found at {path}; {_REGENERATE_HINT}.")
+        raise FileNotFoundError(f"{what} feature-network weights not found at {path}; {hint}.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt / truncated / not a torch file
-        raise RuntimeError(f"Could not read digits feature-network weights from {path} ({err}); {_REGENERATE_HINT}.") from err
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as err:  # corrupt / not a torch file
+        raise RuntimeError(f"Could not read {what.lower()} feature-network weights from {path} ({err}); {hint}.") from err
     if not isinstance(state, dict):
-        raise RuntimeError(f"{path} does not hold a state_dict (got {type(state).__name__}); {_REGENERATE_HINT}.")
+        raise RuntimeError(f"{path} does not hold a state_dict (got {type(state).__name__}); {hint}.")
     width = state.get("fc1.weight")
-    net = DigitsFeatureNet(num_features=int(width.shape[0]) if isinstance(width, Tensor) else 128)
+    net = cls(num_features=int(width.shape[0]) if isinstance(width, Tensor) else 128)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise RuntimeError(f"Weights in {path} do not match DigitsFeatureNet ({err}); {_REGENERATE_HINT}.") from err
+        raise RuntimeError(f"Weights in {path} do not match {cls.__name__} ({err}); {hint}.") from err
     net.eval()
     net.requires_grad_(False)
     return net.to(device)
+
+
+def feature_fid(net: nn.Module, real_images: Tensor | None, batch_size: int, kwargs: dict[str, Any]
+                ) -> FrechetInceptionDistance:
+    """torchmetrics FID on ``net``'s features (``reset_real_features=False`` by default), with
+    ``real_images`` already added."""
+    from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: keeps package import light
+
+    if "feature" in kwargs:
+        raise TypeError("the feature network is set here; use FrechetInceptionDistance directly for others")
+    kwargs.setdefault("reset_real_features", False)
+    # Only meaningful for the dummy probe; these nets expose `num_features`, so no probe happens.
+    kwargs.setdefault("normalize", True)
+    metric = FrechetInceptionDistance(feature=net, **kwargs)
+    if real_images is not None:
+        for start in range(0, real_images.shape[0], batch_size):
+            metric.update(real_images[start : start + batch_size], real=True)
+    return metric
 
 
 def make_digits_fid(
@@ -206,15 +234,4 @@ def make_digits_fid(
     Raises:
         TypeError: If ``feature`` is passed in ``kwargs``.
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: keeps package import light
-
-    if "feature" in kwargs:
-        raise TypeError("make_digits_fid sets `feature` itself; use FrechetInceptionDistance directly for others")
-    kwargs.setdefault("reset_real_features", False)
-    # Only meaningful for the dummy probe; this net exposes `num_features`, so no probe happens.
-    kwargs.setdefault("normalize", True)
-    metric = FrechetInceptionDistance(feature=load_digits_feature_net(weights_path), **kwargs)
-    if real_images is not None:
-        for start in range(0, real_images.shape[0], batch_size):
-            metric.update(real_images[start : start + batch_size], real=True)
-    return metric
+    return feature_fid(load_digits_feature_net(weights_path), real_images, batch_size, kwargs)

@@ -12,6 +12,7 @@ path::
       class_path: gddim_lightning.evaluation.DigitsFID
 
 * `DigitsFID`: FID on the shipped 8x8 digits feature network (``fid``).
+* `MNISTFID`: FID on the shipped 28x28 MNIST feature network (``fid``).
 * `InceptionFID`: FID on Inception-v3 from a local weights file (``fid``; needs the ``inception`` extra).
 * `PointsMetric`: Frechet distance and sliced Wasserstein of raw coordinates (``fd``, ``swd``).
 * `NoMetric`: none (grid / scatter plot and timings only).
@@ -36,13 +37,15 @@ from torch import Tensor
 
 from .._warn import warn_user
 from .digits_features import make_digits_fid
+from .mnist_features import make_mnist_fid
 from .inception import _WEIGHTS_NAME, make_inception_fid, to_uint8_images
 from .points import frechet_distance, sliced_wasserstein
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-__all__ = ["AUTO_FIDS", "METRICS", "DigitsFID", "FeatureFID", "InceptionFID", "NoMetric", "PointsMetric", "SampleMetric",
+__all__ = ["AUTO_FIDS", "METRICS", "DigitsFID", "FeatureFID", "InceptionFID", "MNISTFID", "NoMetric", "PointsMetric",
+           "SampleMetric",
            "auto_metric", "metric_from_name"]
 
 
@@ -176,6 +179,24 @@ class DigitsFID(FeatureFID):
                              "use gddim_lightning.evaluation.InceptionFID or PointsMetric")
 
 
+class MNISTFID(DigitsFID):
+    """FID on the shipped 28x28 MNIST feature network (`make_mnist_fid`), for data of shape ``(1, 28, 28)``.
+
+    Args:
+        weights_path: feature-network weights; default the shipped file.
+    """
+
+    data_shape = (1, 28, 28)
+
+    def build(self) -> FrechetInceptionDistance:
+        return make_mnist_fid(weights_path=self.weights_path, reset_real_features=False)
+
+    def check_shape(self, data_shape: tuple[int, ...]) -> None:
+        if tuple(data_shape) != self.data_shape:
+            raise ValueError(f"MNISTFID needs 28x28 digits (data_shape {self.data_shape}), got {tuple(data_shape)}; "
+                             "use gddim_lightning.evaluation.DigitsFID (8x8), InceptionFID or PointsMetric")
+
+
 class InceptionFID(FeatureFID):
     """Standard Inception-v3 FID (`make_inception_fid`) on 1- or 3-channel images; grey images are repeated
     to RGB, and samples in ``[-1, 1]`` become uint8 (`to_uint8_images`).
@@ -300,7 +321,7 @@ def metric_from_name(name: str, inception_weights: Any = None, owner: str = "Sam
 
 
 #: FIDs on a network for one data shape, tried in this order by `auto_metric`.
-AUTO_FIDS: tuple[type[FeatureFID], ...] = (DigitsFID,)
+AUTO_FIDS: tuple[type[FeatureFID], ...] = (DigitsFID, MNISTFID)
 
 
 def auto_metric(data_shape: tuple[int, ...], kind: str, inception_weights: Any = None) -> SampleMetric:

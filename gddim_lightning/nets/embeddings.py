@@ -73,6 +73,13 @@ def broadcast_time(
     return t.reshape(batch_size)
 
 
+
+def _check_dim(owner: str, dim: int) -> int:
+    """``dim`` of a time embedding, or a ValueError: it must be at least 2."""
+    if dim < 2:
+        raise ValueError(f"{owner}(dim={dim}): dim must be at least 2.")
+    return dim
+
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal embedding of ``scale * t``.
 
@@ -91,10 +98,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def __init__(self, dim: int, scale: float = 1000.0) -> None:
         super().__init__()
-        if dim < 2:
-            raise ValueError(f"SinusoidalEmbedding(dim={dim}): dim must be at least 2.")
-        self.dim = dim
-        self.scale = float(scale)
+        self.dim, self.scale = _check_dim("SinusoidalEmbedding", dim), float(scale)
         half = dim // 2
         exponent = torch.arange(half, dtype=torch.float32) / max(half - 1, 1)
         freqs = torch.exp(-math.log(10000.0) * exponent)
@@ -140,10 +144,7 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, dim: int, scale: float = 16.0) -> None:
         super().__init__()
-        if dim < 2:
-            raise ValueError(f"FourierEmbedding(dim={dim}): dim must be at least 2.")
-        self.dim = dim
-        self.scale = float(scale)
+        self.dim, self.scale = _check_dim("FourierEmbedding", dim), float(scale)
         generator = torch.Generator().manual_seed(_FOURIER_SEED)
         weight = torch.randn(dim // 2, generator=generator, dtype=torch.float32) * self.scale
         self.register_buffer("weight", weight)
