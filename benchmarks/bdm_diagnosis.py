@@ -59,7 +59,7 @@ class SwitchSampler(Sampler):
 
     def run(self, process: LinearSDE, eps: CountingEps, noise: SampleNoise, u: Tensor,
             callback: Callback | None) -> tuple[Tensor, dict[str, Any]]:
-        times = self.times(process, self.nfe - self.denoise_nfe)
+        times = self.times(process)  # n_steps grid steps: nfe less the denoising evaluation
         n = times.numel() - 1
         j = int((times[:-1] > self.t_switch).sum())  # steps taken stochastically
         sto = stochastic_plan(process, times, self.lambda_).ops(("psi", "eps", "noise"), u)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gddim_lightning.cli import main
-from gddim_lightning.data import MNIST_HELDOUT, MNIST_N_IMAGES, MNISTDataModule, load_mnist_split
+from gddim_lightning.data import MNIST_HELDOUT, MNIST_N_IMAGES, MNISTDataModule, load_mnist_split, reference_batches
 from gddim_lightning.data import mnist as mnist_module
 from gddim_lightning.data.mnist import to_unit_range
 from gddim_lightning.evaluation import MNISTFID, auto_metric, load_mnist_feature_net
@@ -37,8 +37,8 @@ def test_split_is_fixed_disjoint_and_scaled():
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (16, 1, 28, 28) and batch.dtype == torch.float32
     assert batch.min() >= -1 and batch.max() <= 1 and batch.min() == -1
-    ref = dm.reference_data(5)
-    assert torch.equal(ref, to_unit_range(x_tr[:5]))
+    assert torch.equal(dm.reference_data(5), x_tr[:5])  # uint8 as stored; reference_batches scales it
+    assert torch.equal(next(reference_batches(dm, 5, 5)), to_unit_range(x_tr[:5]))
     assert dm.data_shape == (1, 28, 28) and dm.kind == "images"
 
 

@@ -121,7 +121,43 @@ def load_digits_split(split: str, seed: int = 0, n_val: int = 297) -> tuple[Tens
     return x.contiguous(), y
 
 
-class DigitsDataModule(SplitDataModule):
+class InMemoryImageDataModule(SplitDataModule):
+    """Base of the data modules whose two splits fit in memory as image tensors (digits, MNIST): a
+    subclass calls ``super().__init__(data_shape)``, then ``save_hyperparameters()`` with ``batch_size``,
+    ``num_workers``, ``seed`` and ``augment`` among them, and implements `load_split`."""
+
+    def __init__(self, data_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.data_shape: tuple[int, ...] = tuple(data_shape)
+        self.kind: str = "images"
+        self.train_x: Tensor | None = None
+        self.val_x: Tensor | None = None
+
+    def load_split(self, train: bool) -> Tensor:
+        """The training (``train=True``) or held-out images ``[N, *data_shape]`` (float in [-1, 1] or uint8)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads both splits (once)."""
+        if self.train_x is None:
+            self.train_x = self.load_split(True)
+        if self.val_x is None:
+            self.val_x = self.load_split(False)
+
+    def _loader(self, train: bool) -> DataLoader:
+        self.setup()
+        hp = self.hparams
+        ds = _ImageTensorDataset(self.train_x, shift=bool(hp.augment)) if train else _ImageTensorDataset(self.val_x)
+        return _make_loader(ds, hp.batch_size, hp.num_workers, train, hp.seed)
+
+    def reference_data(self, n: int) -> Tensor:
+        """The first ``n`` training images as stored (unaugmented, in split order): real data for sample
+        metrics (`reference_batches` maps uint8 storage to [-1, 1] like the loaders)."""
+        self.setup("fit")
+        return self.train_x[: int(n)]
+
+
+class DigitsDataModule(InMemoryImageDataModule):
     """scikit-learn 8x8 digits, images only, scaled to [-1, 1].
 
     Batches are float32 tensors [B, 1, 8, 8]. The test and predict sets are the
@@ -143,36 +179,14 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
         augment: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__((1, 8, 8))
         _check_loader_args(batch_size, num_workers)
         if not 1 <= int(n_val) < DIGITS_N_IMAGES:
             raise ValueError(
                 f"data.init_args.n_val must be in [1, {DIGITS_N_IMAGES - 1}], got {n_val}"
             )
         self.save_hyperparameters()
-        self.data_shape: tuple[int, ...] = (1, 8, 8)
-        self.kind: str = "images"
-        self.train_x: Tensor | None = None
-        self.val_x: Tensor | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        """Loads both splits (once; the data set is tiny)."""
+    def load_split(self, train: bool) -> Tensor:
         hp = self.hparams
-        if self.train_x is None:
-            self.train_x = load_digits_split("train", hp.seed, hp.n_val)[0]
-        if self.val_x is None:
-            self.val_x = load_digits_split("val", hp.seed, hp.n_val)[0]
-
-    def _loader(self, train: bool) -> DataLoader:
-        self.setup()
-        hp = self.hparams
-        if train:
-            ds = _ImageTensorDataset(self.train_x, shift=bool(hp.augment))
-        else:
-            ds = _ImageTensorDataset(self.val_x)
-        return _make_loader(ds, hp.batch_size, hp.num_workers, train, hp.seed)
-
-    def reference_data(self, n: int) -> Tensor:
-        """The first ``n`` training images (unaugmented, in split order): real data for sample metrics."""
-        self.setup("fit")
-        return self.train_x[: int(n)]
+        return load_digits_split("train" if train else "val", hp.seed, hp.n_val)[0]

