@@ -414,7 +414,9 @@ def throughput(model, batch: int) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Digits FID ({results['num_samples']} samples vs the 1500 training digits; "
+    data = results.get("data", "digits")
+    lines = [f"{'MNIST' if data == 'mnist' else 'Digits'} FID ({results['num_samples']} samples vs the "
+             f"{4000 if data == 'mnist' else 1500} training digits; "
              f"floor = held-out real digits: {results['floor_val_vs_train']:.2f}, from only "
              f"{results.get('floor_n', 297)} digits, so biased high against the samples' FID).", ""]
     if "floor_kid" in results:
