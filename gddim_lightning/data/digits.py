@@ -86,6 +86,17 @@ def _load_all() -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(bunch.target, dtype=np.int64)
 
 
+def split_indices(n: int, part: str, seed: int, n_heldout: int) -> np.ndarray:
+    """Indices of ``part`` among ``n`` items: ``"all"`` in order, else a permutation drawn with
+    ``numpy.random.default_rng(seed)`` whose last ``n_heldout`` indices are ``"heldout"`` and the
+    others (in permutation order) ``"train"``."""
+    if part == "all":
+        return np.arange(n)
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = n - n_heldout
+    return perm[:cut] if part == "train" else perm[cut:]
+
+
 def load_digits_split(split: str, seed: int = 0, n_val: int = 297) -> tuple[Tensor, Tensor]:
     """Loads one split of the scikit-learn 8x8 digits (offline).
 
@@ -110,12 +121,7 @@ def load_digits_split(split: str, seed: int = 0, n_val: int = 297) -> tuple[Tens
     if not 1 <= int(n_val) < DIGITS_N_IMAGES:
         raise ValueError(f"n_val must be in [1, {DIGITS_N_IMAGES - 1}], got {n_val}")
     images, labels = _load_all()
-    if split == "all":
-        idx = np.arange(images.shape[0])
-    else:
-        perm = np.random.default_rng(seed).permutation(images.shape[0])
-        cut = images.shape[0] - int(n_val)
-        idx = perm[:cut] if split == "train" else perm[cut:]
+    idx = split_indices(images.shape[0], "heldout" if split == "val" else split, seed, int(n_val))
     x = torch.from_numpy(images[idx] / 16.0 * 2.0 - 1.0).float().unsqueeze(1)
     y = torch.from_numpy(labels[idx].copy())
     return x.contiguous(), y

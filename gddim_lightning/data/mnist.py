@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .digits import InMemoryImageDataModule
+from .digits import InMemoryImageDataModule, split_indices
 from .toys import _check_loader_args
 
 __all__ = ["MNIST_HELDOUT", "MNIST_N_IMAGES", "MNISTDataModule", "load_mnist_split"]
@@ -85,12 +85,7 @@ def load_mnist_split(split: str) -> tuple[Tensor, Tensor]:
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     images, labels = _load_all()
-    if split == "all":
-        idx = np.arange(images.shape[0])
-    else:
-        perm = np.random.default_rng(_SPLIT_SEED).permutation(images.shape[0])
-        cut = images.shape[0] - MNIST_HELDOUT
-        idx = perm[:cut] if split == "train" else perm[cut:]
+    idx = split_indices(images.shape[0], split, _SPLIT_SEED, MNIST_HELDOUT)
     x = torch.from_numpy(images[idx].copy()).unsqueeze(1)
     return x.contiguous(), torch.from_numpy(labels[idx].copy())
 
