@@ -118,6 +118,10 @@ class FeatureFID(SampleMetric):
 
     names = ("fid",)
     data_shape: tuple[int, ...] | None = None
+    #: what the network scores, for the shape error (e.g. ``"8x8 digits"``); None: the generic message
+    subject: str | None = None
+    #: what to use instead, for the shape error
+    instead: str = "InceptionFID for other images or PointsMetric"
 
     def __init__(self) -> None:
         self.fid = self.build()
@@ -131,9 +135,14 @@ class FeatureFID(SampleMetric):
         return x
 
     def check_shape(self, data_shape: tuple[int, ...]) -> None:
-        if self.data_shape is not None and tuple(data_shape) != self.data_shape:
-            raise ValueError(f"{type(self).__name__} scores data of shape {self.data_shape}, the data shape is "
-                             f"{tuple(data_shape)}; use InceptionFID for other images or PointsMetric")
+        if self.data_shape is None or tuple(data_shape) == self.data_shape:
+            return
+        name = type(self).__name__
+        if self.subject is None:
+            raise ValueError(f"{name} scores data of shape {self.data_shape}, the data shape is "
+                             f"{tuple(data_shape)}; use {self.instead}")
+        raise ValueError(f"{name} needs {self.subject} (data_shape {self.data_shape}), got {tuple(data_shape)}; "
+                         f"use {self.instead}")
 
     def to(self, device: torch.device | str) -> FeatureFID:
         self.fid = self.fid.to(device)
@@ -165,6 +174,8 @@ class DigitsFID(FeatureFID):
     """
 
     data_shape = (1, 8, 8)
+    subject = "8x8 digits"
+    instead = "gddim_lightning.evaluation.InceptionFID or PointsMetric"
 
     def __init__(self, weights_path: str | None = None) -> None:
         self.weights_path = weights_path
@@ -172,11 +183,6 @@ class DigitsFID(FeatureFID):
 
     def build(self) -> FrechetInceptionDistance:
         return make_digits_fid(weights_path=self.weights_path, reset_real_features=False)
-
-    def check_shape(self, data_shape: tuple[int, ...]) -> None:
-        if tuple(data_shape) != self.data_shape:
-            raise ValueError(f"DigitsFID needs 8x8 digits (data_shape {self.data_shape}), got {tuple(data_shape)}; "
-                             "use gddim_lightning.evaluation.InceptionFID or PointsMetric")
 
 
 class MNISTFID(DigitsFID):
@@ -187,14 +193,11 @@ class MNISTFID(DigitsFID):
     """
 
     data_shape = (1, 28, 28)
+    subject = "28x28 digits"
+    instead = "gddim_lightning.evaluation.DigitsFID (8x8), InceptionFID or PointsMetric"
 
     def build(self) -> FrechetInceptionDistance:
         return make_mnist_fid(weights_path=self.weights_path, reset_real_features=False)
-
-    def check_shape(self, data_shape: tuple[int, ...]) -> None:
-        if tuple(data_shape) != self.data_shape:
-            raise ValueError(f"MNISTFID needs 28x28 digits (data_shape {self.data_shape}), got {tuple(data_shape)}; "
-                             "use gddim_lightning.evaluation.DigitsFID (8x8), InceptionFID or PointsMetric")
 
 
 class InceptionFID(FeatureFID):
