@@ -421,12 +421,17 @@ def throughput(model, batch: int) -> dict:
 
 def markdown(results: dict) -> str:
     data = results.get("data", "digits")
-    lines = [f"{'MNIST' if data == 'mnist' else 'Digits'} FID ({results['num_samples']} samples vs the "
+    n_floor, n_samples = results.get("floor_n", 297), results["num_samples"]
+    # FID is biased upward at small samples: a floor from fewer real digits than there are samples reads
+    # high against the samples' FID, and the samples' FID at the floor's size is then tabulated too
+    small_floor = n_floor < n_samples
+    lines = [f"{'MNIST' if data == 'mnist' else 'Digits'} FID ({n_samples} samples vs the "
              f"{4000 if data == 'mnist' else 1500} training digits; "
-             f"floor = held-out real digits: {results['floor_val_vs_train']:.2f}, from only "
-             f"{results.get('floor_n', 297)} digits, so biased high against the samples' FID).", ""]
+             f"floor = held-out real digits: {results['floor_val_vs_train']:.2f}, "
+             + (f"from only {n_floor} digits, so biased high against the samples' FID)." if small_floor
+                else f"from {n_floor} digits, as many as the samples, so comparable with their FID)."), ""]
     if "floor_kid" in results:
-        lines += [f"KID x 1e3 (unbiased at any sample size; subsets of {results.get('floor_n', 297)}): floor "
+        lines += [f"KID x 1e3 (unbiased at any sample size; subsets of {n_floor}): floor "
                   f"{1e3 * results['floor_kid'][0]:.2f} +- {1e3 * results['floor_kid'][1]:.2f}. KID is shown in "
                   "brackets after each FID.", ""]
     for name, run in results["runs"].items():
@@ -450,7 +455,7 @@ def markdown(results: dict) -> str:
                 cells.append("" if v is None else f"{v:.2f}" + ("" if k is None else f" ({1e3 * k:.2f})"))
             shown = f"{label} (NFE n+1)" if label.startswith("Heun") else label
             lines.append(f"| {shown} | " + " | ".join(cells) + " |")
-        small_key = f"fid_at_{results.get('floor_n', 297)}"
+        small_key = f"fid_at_{n_floor}"
         small = {(r["sampler"], r["nfe"]): r[small_key] for r in run["rows"] if small_key in r}
         for label, vals in table.items():
             if label.startswith("RK45"):
@@ -469,8 +474,8 @@ def markdown(results: dict) -> str:
         heldout = {(r["sampler"], r["nfe"]): r["fid_vs_heldout"] for r in run["rows"] if "fid_vs_heldout" in r}
         if heldout:
             nn = {(r["sampler"], r["nfe"]): r.get("nn_train_median") for r in run["rows"]}
-            lines += ["", f"Against the {results.get('floor_n', 297)} held-out digits instead of the training digits "
-                      f"(floor: {results['num_samples']} training digits against them, "
+            lines += ["", f"Against the {n_floor} held-out digits instead of the training digits "
+                      f"(floor: {n_samples} training digits against them, "
                       f"{results['floor_train_vs_heldout']:.2f}; a model that copies training digits gains nothing "
                       "here), and the median distance from a sample to its nearest training digit (held-out real "
                       f"digits: {results.get('nn_floor_heldout', float('nan')):.2f}):", "",
@@ -480,11 +485,10 @@ def markdown(results: dict) -> str:
                 d = nn.get((label, n))
                 lines.append(f"| {label} | {n} | {table[label][n]:.2f} | {v:.2f} | "
                              f"{'' if d is None else f'{d:.2f}'} |")
-        if small:
-            n_floor = results.get("floor_n", 297)
+        if small and small_floor:
             lines += ["", f"At the floor's sample size: FID of the first {n_floor} of the same samples, against the "
                       f"held-out floor {results['floor_val_vs_train']:.2f} ({n_floor} digits):", "",
-                      "| sampler | NFE | FID, 1000 samples | FID, first " + str(n_floor) + " |", "|---|---|---|---|"]
+                      f"| sampler | NFE | FID, {n_samples} samples | FID, first {n_floor} |", "|---|---|---|---|"]
             for (label, n), v in sorted(small.items()):
                 lines.append(f"| {label} | {n} | {table[label][n]:.2f} | {v:.2f} |")
         tm = run["timing"]

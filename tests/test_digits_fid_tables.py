@@ -1,0 +1,34 @@
+"""The Markdown of benchmarks/digits_fid.py: what it says about the FID floor's sample size."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import digits_fid  # noqa: E402
+
+
+def _results(data: str, floor_n: int) -> dict:
+    row = {"sampler": "gDDIM q=2", "nfe": 20, "fid": 5.0, "kid": 0.01, f"fid_at_{floor_n}": 7.5,
+           "fid_vs_heldout": 6.0, "nn_train_median": 2.0}
+    return {"data": data, "num_samples": 1000, "floor_n": floor_n, "floor_val_vs_train": 2.5,
+            "floor_kid": [0.03, 0.03], "floor_train_vs_heldout": 2.8, "nn_floor_heldout": 2.0,
+            "runs": {"m": {"rows": [row], "timing": None}}}
+
+
+def test_a_floor_from_fewer_digits_than_samples_is_flagged_and_the_small_sample_fid_tabulated():
+    text = digits_fid.markdown(_results("digits", 297))
+    assert text.startswith("Digits FID (1000 samples vs the 1500 training digits")
+    assert "from only 297 digits, so biased high" in text
+    assert "FID of the first 297 of the same samples" in text
+    assert "| sampler | NFE | FID, 1000 samples | FID, first 297 |" in text
+    assert "| gDDIM q=2 | 20 | 5.00 | 7.50 |" in text
+
+
+def test_a_floor_from_as_many_digits_as_samples_is_not_called_biased():
+    text = digits_fid.markdown(_results("mnist", 1000))
+    assert text.startswith("MNIST FID (1000 samples vs the 4000 training digits")
+    assert "from 1000 digits, as many as the samples" in text
+    assert "biased high" not in text and "FID of the first" not in text
+    assert "| gDDIM q=2 | 20 | 5.00 | 6.00 | 2.00 |" in text  # the held-out table stays
