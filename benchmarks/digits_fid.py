@@ -463,7 +463,7 @@ def markdown(results: dict) -> str:
                 k = kids.get(label, {}).get(n)
                 kid_txt = "" if k is None else f" ({1e3 * k:.2f})"
                 lines.append(f"| {label} (adaptive) | NFE {n}: {v:.2f}{kid_txt} |" + " |" * (len(nfes) - 1))
-        ref_label = next((k for k in ("gDDIM q=2", "gDDIM q=1", "gDDIM L q=1 euler") if k in table), None)
+        ref_label = next((k for k in ("gDDIM q=2", "gDDIM q=2 rho80", "gDDIM q=1", "gDDIM L q=1 euler") if k in table), None)
         ref = table.get(ref_label, {}).get(20)
         if ref is not None:
             lines += ["", f"NFE each sampler needs to reach {ref_label} at NFE 20 (FID {ref:.2f}):", "",

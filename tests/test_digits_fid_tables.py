@@ -32,3 +32,15 @@ def test_a_floor_from_as_many_digits_as_samples_is_not_called_biased():
     assert "from 1000 digits, as many as the samples" in text
     assert "biased high" not in text and "FID of the first" not in text
     assert "| gDDIM q=2 | 20 | 5.00 | 6.00 | 2.00 |" in text  # the held-out table stays
+
+
+def test_the_nfe_to_match_table_uses_the_late_start_sampler_when_it_is_the_only_gddim_row():
+    results = _results("mnist", 1000)
+    row = results["runs"]["m"]["rows"][0]
+    rows = [dict(row, sampler="gDDIM q=2 rho80", fid=26.0)]
+    rows += [dict(row, sampler="Ancestral", nfe=n, fid=f) for n, f in ((20, 31.0), (50, 23.0))]
+    results["runs"]["m"]["rows"] = rows
+    text = digits_fid.markdown(results)
+    assert "NFE each sampler needs to reach gDDIM q=2 rho80 at NFE 20 (FID 26.00)" in text
+    # log-log interpolation between (20, 31) and (50, 23): exp(log 20 + w log 2.5), w = log(31/26)/log(31/23)
+    assert "| Ancestral | 34 |" in text
