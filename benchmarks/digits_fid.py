@@ -113,15 +113,17 @@ def _all_samplers(process, nfes):
 
 
 def nfe_to_match(curve: dict[int, float], target: float) -> str:
-    """Smallest NFE at which a baseline's FID reaches ``target`` (log-log interpolation)."""
+    """Smallest NFE at which a baseline's FID reaches ``target`` (log-log interpolation); ``≤n`` when it
+    already does at its smallest measured NFE ``n`` (how much smaller is not measured), ``>n`` when not
+    even at its largest."""
     pts = sorted(curve.items())
+    if pts and pts[0][1] <= target:
+        return f"≤{pts[0][0]}"
     for (n0, f0), (n1, f1) in zip(pts, pts[1:]):
-        if f0 <= target:
-            return str(n0)
         if f1 <= target:
             w = (math.log(f0) - math.log(target)) / (math.log(f0) - math.log(f1))
             return f"{math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0))):.0f}"
-    return str(pts[0][0]) if pts and pts[0][1] <= target else f">{pts[-1][0]}"
+    return f">{pts[-1][0]}"
 
 
 def nearest_train_distance(x, train) -> float:

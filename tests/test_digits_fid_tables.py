@@ -44,3 +44,11 @@ def test_the_nfe_to_match_table_uses_the_late_start_sampler_when_it_is_the_only_
     assert "NFE each sampler needs to reach gDDIM q=2 rho80 at NFE 20 (FID 26.00)" in text
     # log-log interpolation between (20, 31) and (50, 23): exp(log 20 + w log 2.5), w = log(31/26)/log(31/23)
     assert "| Ancestral | 34 |" in text
+
+
+def test_nfe_to_match_says_at_most_when_the_smallest_measured_nfe_already_matches():
+    assert digits_fid.nfe_to_match({20: 16.3}, 17.8) == "≤20"  # one column: "needs 20" would be untrue
+    assert digits_fid.nfe_to_match({10: 5.0, 20: 4.0}, 6.0) == "≤10"
+    assert digits_fid.nfe_to_match({20: 31.0, 50: 23.0}, 26.0) == "34"  # interpolated, as before
+    assert digits_fid.nfe_to_match({20: 31.0, 50: 27.0}, 26.0) == ">50"
+    assert digits_fid.nfe_to_match({20: 31.0}, 26.0) == ">20"
