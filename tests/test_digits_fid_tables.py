@@ -52,3 +52,30 @@ def test_nfe_to_match_says_at_most_when_the_smallest_measured_nfe_already_matche
     assert digits_fid.nfe_to_match({20: 31.0, 50: 23.0}, 26.0) == "34"  # interpolated, as before
     assert digits_fid.nfe_to_match({20: 31.0, 50: 27.0}, 26.0) == ">50"
     assert digits_fid.nfe_to_match({20: 31.0}, 26.0) == ">20"
+
+
+def test_compile_wraps_the_sampling_network_and_is_recorded_in_every_row(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    compiled = []
+
+    def fake_compile(module):  # torch.compile itself needs a C++ tool chain and a minute: not a unit test
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the config's relative paths
+    out = tmp_path / "res"
+    monkeypatch.setattr(sys, "argv", ["digits_fid.py", "--compile", "--threads", "1", "--no-timing",
+                                      "--num-samples", "8", "--nfe", "4", "--samplers", "gDDIM q=2",
+                                      "--run", "vp", "configs/vp.yaml", "pretrained/vp_digits.ckpt",
+                                      "--out", str(out)])
+    torch.manual_seed(0)
+    digits_fid.main()
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    rows = json.loads(out.with_suffix(".json").read_text())["runs"]["vp"]["rows"]
+    assert [(r["sampler"], r["nfe"], r["compiled"]) for r in rows] == [("gDDIM q=2", 4, True)]
+    assert "Sampled with `--compile`" in out.with_suffix(".md").read_text()
