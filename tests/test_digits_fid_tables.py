@@ -74,7 +74,11 @@ def test_compile_wraps_the_sampling_network_and_is_recorded_in_every_row(tmp_pat
                                       "--run", "vp", "configs/vp.yaml", "pretrained/vp_digits.ckpt",
                                       "--out", str(out)])
     torch.manual_seed(0)
-    digits_fid.main()
+    threads = torch.get_num_threads()
+    try:
+        digits_fid.main()  # sets the process's torch threads from --threads
+    finally:
+        torch.set_num_threads(threads)  # leave the next test the thread count it started with
     assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
     rows = json.loads(out.with_suffix(".json").read_text())["runs"]["vp"]["rows"]
     assert [(r["sampler"], r["nfe"], r["compiled"]) for r in rows] == [("gDDIM q=2", 4, True)]
