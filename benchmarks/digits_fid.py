@@ -448,10 +448,12 @@ def markdown(results: dict) -> str:
             table.setdefault(r["sampler"], {})[r["nfe"]] = r["fid"]
             if "kid" in r:
                 kids.setdefault(r["sampler"], {})[r["nfe"]] = r["kid"]
-        # Heun runs at NFE n + 1 (2 per step + denoising): shown in column n, labelled
-        nfes = sorted({r["nfe"] for r in run["rows"] if not r["sampler"].startswith(("RK45", "Heun"))})
-        lines += [f"### {name}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-                  "|---|" + "---|" * len(nfes)]
+        # Heun runs at NFE n + 1 (2 per step + denoising): shown in column n, labelled. The columns are
+        # every fixed-grid NFE, Heun's included, so a run of Heun alone still gets its columns.
+        nfes = sorted({r["nfe"] - r["sampler"].startswith("Heun") for r in run["rows"]
+                       if not r["sampler"].startswith("RK45")})
+        headers = [f"NFE {n}" for n in nfes] or ["adaptive"]  # an RK45-only run: one column
+        lines += [f"### {name}", "", "| sampler | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
         for label, vals in table.items():
             if label.startswith("RK45"):
                 continue
@@ -469,7 +471,7 @@ def markdown(results: dict) -> str:
                 (n, v), = vals.items()
                 k = kids.get(label, {}).get(n)
                 kid_txt = "" if k is None else f" ({1e3 * k:.2f})"
-                lines.append(f"| {label} (adaptive) | NFE {n}: {v:.2f}{kid_txt} |" + " |" * (len(nfes) - 1))
+                lines.append(f"| {label} (adaptive) | NFE {n}: {v:.2f}{kid_txt} |" + " |" * (len(headers) - 1))
         compiled = [f"{r['sampler']} at NFE {r['nfe']}" for r in run["rows"] if r.get("compiled")]
         if compiled:
             lines += ["", "Sampled with `--compile` (torch.compile of the network; samples differ from eager ones by "
