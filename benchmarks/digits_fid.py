@@ -450,7 +450,7 @@ def markdown(results: dict) -> str:
                 kids.setdefault(r["sampler"], {})[r["nfe"]] = r["kid"]
         # Heun runs at NFE n + 1 (2 per step + denoising): shown in column n, labelled. The columns are
         # every fixed-grid NFE, Heun's included, so a run of Heun alone still gets its columns.
-        nfes = sorted({r["nfe"] - r["sampler"].startswith("Heun") for r in run["rows"]
+        nfes = sorted({r["nfe"] - 1 if r["sampler"].startswith("Heun") else r["nfe"] for r in run["rows"]
                        if not r["sampler"].startswith("RK45")})
         headers = [f"NFE {n}" for n in nfes] or ["adaptive"]  # an RK45-only run: one column
         lines += [f"### {name}", "", "| sampler | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]

@@ -85,12 +85,15 @@ def test_compile_wraps_the_sampling_network_and_is_recorded_in_every_row(tmp_pat
     assert "Sampled with `--compile`" in out.with_suffix(".md").read_text()
 
 
-def _table_rows(text: str, name: str = "m") -> list[str]:
-    """The rows of the main table of run ``name`` (header, separator, samplers)."""
-    lines = text.split("\n")
-    start = lines.index(f"### {name}") + 2
-    end = lines.index("", start)
-    return lines[start:end]
+def _main_table(*overrides: dict) -> list[str]:
+    """The main table's lines (header, separator, samplers) of a run with one row per ``overrides``
+    (each a change of `_results`'s row)."""
+    results = _results("mnist", 1000)
+    row = results["runs"]["m"]["rows"][0]
+    results["runs"]["m"]["rows"] = [dict(row, **o) for o in overrides]
+    lines = digits_fid.markdown(results).split("\n")
+    start = lines.index("### m") + 2
+    return lines[start:lines.index("", start)]
 
 
 def _cells(line: str) -> int:
@@ -100,29 +103,20 @@ def _cells(line: str) -> int:
 def test_a_run_of_heun_alone_gets_its_column_and_a_well_formed_table():
     # Heun runs at NFE n + 1 and is shown in column n; its columns once came only from the other samplers,
     # so a run of Heun alone had a header of two cells over a separator of one and lost its value
-    results = _results("mnist", 1000)
-    row = results["runs"]["m"]["rows"][0]
-    results["runs"]["m"]["rows"] = [dict(row, sampler="Heun (PF)", nfe=101, fid=17.23, kid=0.67)]
-    rows = _table_rows(digits_fid.markdown(results))
+    rows = _main_table(dict(sampler="Heun (PF)", nfe=101, fid=17.23, kid=0.67))
     assert rows[0] == "| sampler | NFE 100 |" and rows[1] == "|---|---|"
     assert rows[2] == "| Heun (PF) (NFE n+1) | 17.23 (670.00) |"
     assert {_cells(r) for r in rows} == {2}
 
 
 def test_heun_at_an_nfe_no_other_sampler_ran_gets_its_own_column():
-    results = _results("mnist", 1000)
-    row = results["runs"]["m"]["rows"][0]
-    results["runs"]["m"]["rows"] = [row, dict(row, sampler="Heun (PF)", nfe=51, fid=18.2)]
-    rows = _table_rows(digits_fid.markdown(results))
+    rows = _main_table({}, dict(sampler="Heun (PF)", nfe=51, fid=18.2))
     assert rows[0] == "| sampler | NFE 20 | NFE 50 |"
     assert "| Heun (PF) (NFE n+1) |  | 18.20 (10.00) |" in rows
     assert {_cells(r) for r in rows} == {3}
 
 
 def test_a_run_of_rk45_alone_gets_one_column():
-    results = _results("mnist", 1000)
-    row = results["runs"]["m"]["rows"][0]
-    results["runs"]["m"]["rows"] = [dict(row, sampler="RK45 tol 1e-5", nfe=195, fid=17.23, kid=0.67)]
-    rows = _table_rows(digits_fid.markdown(results))
+    rows = _main_table(dict(sampler="RK45 tol 1e-5", nfe=195, fid=17.23, kid=0.67))
     assert rows[0] == "| sampler | adaptive |" and rows[1] == "|---|---|"
     assert rows[2] == "| RK45 tol 1e-5 (adaptive) | NFE 195: 17.23 (670.00) |"
